@@ -1,0 +1,15 @@
+# Multi-fidelity mixture-of-experts MLIP pipeline (Pt(111)+CO).
+# The configuration is validated against workflow/schemas/config.schema.yaml before any job runs.
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

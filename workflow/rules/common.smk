@@ -1,0 +1,35 @@
+# Configuration loading and validation, and helpers shared by the rules.
+
+import json
+
+from snakemake.utils import min_version, validate
+
+from pipeline.config import ConfigError, config_from_dict
+
+min_version("9.0")
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+try:
+    CFG = config_from_dict(config, check_files=True)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+def stage_config(*sections):
+    """JSON of the top-level scalars plus the named config sections, passed to one CLI call.
+
+    Rules receive it as a param, so a change to a section reruns only the stages that read it.
+    """
+    full = CFG.to_dict()
+    keep = {k: v for k, v in full.items() if not isinstance(v, dict)}
+    keep.update({name: full[name] for name in sections})
+    return json.dumps(keep, sort_keys=True)
+
+
+def get_final_outputs():
+    """Everything the default target builds."""
+    return [
+        rules.ingest.output.dataset,
+        rules.ingest.output.stats_md,
+    ]
