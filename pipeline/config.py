@@ -99,8 +99,8 @@ def load_schema() -> dict[str, Any]:
 
 
 def _validator_filling_defaults(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
-    """A Draft-7 validator that writes each property's ``default`` into the instance first."""
-    base = jsonschema.Draft7Validator
+    """A Draft 2020-12 validator that writes each property's ``default`` into the instance first."""
+    base = jsonschema.Draft202012Validator
 
     def set_defaults(validator, properties, instance, schema):  # noqa: ANN001 (jsonschema hook)
         if isinstance(instance, dict):

@@ -27,6 +27,11 @@ def stage_config(*sections):
     return json.dumps(keep, sort_keys=True)
 
 
+def ingest_inputs(wildcards):
+    """The DFT files named by data.paths (globs and directories expanded by the CLI)."""
+    return [p for p in CFG.data.paths if "*" not in p and "?" not in p]
+
+
 def get_final_outputs():
     """Everything the default target builds."""
     return [

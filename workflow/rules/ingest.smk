@@ -1,11 +1,6 @@
 # Stage "ingest": DFT outputs -> canonical dataset, manifest, statistics, rejected frames.
 
 
-def ingest_inputs(wildcards):
-    """The DFT files named by data.paths (globs and directories expanded by the CLI)."""
-    return [p for p in CFG.data.paths if "*" not in p and "?" not in p]
-
-
 rule ingest:
     input:
         dft=ingest_inputs,
