@@ -1,0 +1,113 @@
+"""Deterministic train / validation / test split by structure group, stratified by family.
+
+A *group* is ``info['group']`` when the frame has one, else its source file: all frames of one
+trajectory or file stay together, so no split sees a near-copy of another split's frame. Each group
+belongs to the family most of its frames have (ties: first in :data:`pipeline.data.regions.FAMILIES`
+order). Within each family the sorted group names are shuffled by a generator seeded with
+``(seed, family)`` and cut into validation, test and train. Each family with at least 3 groups gets
+at least one validation and one test group when the corresponding fraction is > 0; every family keeps
+at least one training group.
+
+>>> split_counts(10, 0.1, 0.15), split_counts(3, 0.1, 0.15), split_counts(2, 0.1, 0.15)
+((1, 2), (1, 1), (0, 0))
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from pipeline.data.regions import FAMILIES
+
+SPLITS = ("train", "validation", "test")
+MIN_GROUPS_STRATIFIED = 3
+
+
+def group_of(atoms: Atoms) -> str:
+    """The structure group of a frame: ``info['group']`` if set (as str), else ``info['source_file']``."""
+    group = atoms.info.get("group")
+    if group is not None and str(group) != "":
+        return str(group)
+    return str(atoms.info.get("source_file", "<memory>"))
+
+
+def _round_half_up(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def split_counts(n_groups: int, validation_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Numbers of validation and test groups among ``n_groups`` (the rest are training groups)."""
+    n_val = _round_half_up(validation_fraction * n_groups)
+    n_test = _round_half_up(test_fraction * n_groups)
+    if n_groups >= MIN_GROUPS_STRATIFIED:
+        n_val = max(n_val, 1) if validation_fraction > 0 else 0
+        n_test = max(n_test, 1) if test_fraction > 0 else 0
+    while n_val + n_test > max(n_groups - 1, 0):  # keep at least one training group
+        if n_test >= n_val and n_test > 0:
+            n_test -= 1
+        else:
+            n_val -= 1
+    return n_val, n_test
+
+
+def _family_seed(seed: int, family: str) -> list[int]:
+    digest = hashlib.sha256(family.encode()).digest()
+    return [int(seed), int.from_bytes(digest[:8], "little")]
+
+
+def group_families(frames: Sequence[Atoms]) -> dict[str, str]:
+    """Family of every group: the most common ``info['family']`` among its frames."""
+    votes: dict[str, Counter] = defaultdict(Counter)
+    for atoms in frames:
+        votes[group_of(atoms)][atoms.info["family"]] += 1
+    rank = {f: k for k, f in enumerate(FAMILIES)}
+    return {
+        group: min(counter, key=lambda f: (-counter[f], rank.get(f, len(rank)), f))
+        for group, counter in votes.items()
+    }
+
+
+def assign_splits(
+    frames: Sequence[Atoms],
+    *,
+    seed: int,
+    validation_fraction: float,
+    test_fraction: float,
+) -> dict[str, str]:
+    """Assign every group to a split and write ``info['split']`` (and ``info['group']``) on each frame.
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        Frames with ``info['family']``; modified in place.
+    seed : int
+        The configuration's seed: the same seed and groups give the same split.
+    validation_fraction, test_fraction : float
+        Fractions of each family's groups in validation and test.
+
+    Returns
+    -------
+    dict
+        ``{group: split}`` for every group.
+    """
+    families = group_families(frames)
+    by_family: dict[str, list[str]] = defaultdict(list)
+    for group, family in families.items():
+        by_family[family].append(group)
+    assignment: dict[str, str] = {}
+    for family in sorted(by_family):
+        groups = sorted(by_family[family])
+        order = np.random.default_rng(_family_seed(seed, family)).permutation(len(groups))
+        n_val, n_test = split_counts(len(groups), validation_fraction, test_fraction)
+        for rank, k in enumerate(order):
+            split = "validation" if rank < n_val else "test" if rank < n_val + n_test else "train"
+            assignment[groups[k]] = split
+    for atoms in frames:
+        group = group_of(atoms)
+        atoms.info["group"] = group
+        atoms.info["split"] = assignment[group]
+    return assignment
