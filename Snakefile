@@ -9,6 +9,8 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/label.smk"
 include: "workflow/rules/ingest.smk"
 
 

@@ -71,6 +71,181 @@ class RegionConfig:
 
 
 @dataclass(frozen=True)
+class SampleBulkConfig:
+    """Bulk fcc Pt structures (``sample.bulk:``). Lengths in A, temperatures in K."""
+
+    eos_n_volumes: int = 11
+    eos_volume_range: float = 0.08
+    strain_n: int = 70
+    strain_max: float = 0.04
+    strain_cell_atoms: int = 1
+    rattle_n: int = 4
+    rattle_supercell_atoms: tuple[int, ...] = (32, 4)
+    rattle_stdev_a: float = 0.08
+    rattle_volume_range: float = 0.03
+    thermal_n_frames: int = 2
+    thermal_supercell_atoms: int = 32
+    thermal_temperature_k: float = 900.0
+
+
+@dataclass(frozen=True)
+class SampleSlabConfig:
+    """Clean Pt(111) slabs (``sample.clean_slab:``). Lengths in A, temperatures in K, times in fs."""
+
+    layers: int = 4
+    vacuum_a: float = 6.0
+    rattle_n_2x2: int = 8
+    rattle_n_3x3: int = 0
+    rattle_stdev_a: float = 0.08
+    thermal_temperatures_k: tuple[float, ...] = (300.0, 700.0)
+    thermal_frames_per_temperature: int = 4
+    thermal_equilibration_steps: int = 100
+    thermal_interval_steps: int = 25
+    thermal_timestep_fs: float = 2.0
+
+
+@dataclass(frozen=True)
+class SampleSlabCOConfig:
+    """CO on Pt(111) (``sample.slab_co:``). Lengths in A, angles in degrees."""
+
+    c_o_bond_a: float = 1.16
+    height_top_a: float = 1.85
+    height_bridge_a: float = 1.50
+    height_fcc_a: float = 1.30
+    height_hcp_a: float = 1.30
+    perturbed_per_site_2x2: int = 3
+    half_ml_n_2x2: int = 6
+    ideal_sites_3x3: tuple[str, ...] = ("top", "fcc")
+    perturbed_n_3x3: int = 0
+    approach_sites: tuple[str, ...] = ("top", "fcc")
+    approach_offsets_a: tuple[float, ...] = (-0.2, 0.25, 0.6, 1.2, 2.5)
+    rattle_stdev_a: float = 0.04
+    tilt_max_deg: float = 25.0
+    stretch_max_a: float = 0.08
+    lateral_max_a: float = 0.25
+
+
+@dataclass(frozen=True)
+class SampleGasConfig:
+    """Gas-phase CO in a box (``sample.gas:``). Lengths in A."""
+
+    bond_min_a: float = 0.96
+    bond_max_a: float = 1.50
+    n_bond_lengths: int = 39
+    ideal_bond_a: float = 1.14
+    vacuum_a: float = 4.0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Structure sampling for DFT labelling (``sample:``). Lengths in A."""
+
+    lattice_constant_a: float = 3.97
+    bulk: SampleBulkConfig = field(default_factory=SampleBulkConfig)
+    clean_slab: SampleSlabConfig = field(default_factory=SampleSlabConfig)
+    slab_co: SampleSlabCOConfig = field(default_factory=SampleSlabCOConfig)
+    gas: SampleGasConfig = field(default_factory=SampleGasConfig)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Labelling of sampled structures (``label:``): GPAW DFT or EMT (not DFT). Energies in eV."""
+
+    calculator: str = "gpaw"
+    n_chunks: int = 2
+    mode: str = "lcao"
+    basis: str = "dzp"
+    ecut_ev: float = 400.0
+    h_a: float = 0.25
+    xc: str = "PBE"
+    kpt_density: float = 1.5
+    kpt_even: bool = True
+    smearing_ev: float = 0.1
+    pt_setup: str = "10"
+    maxiter: int = 333
+    stress: bool = True
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Capacity of one Allegro expert (``models.hf`` / ``models.lf``). Lengths in A.
+
+    MLP hidden layers are given as tuples of widths (``()`` = a linear map).
+    """
+
+    r_max: float = 5.0
+    l_max: int = 2
+    parity: bool = True
+    num_layers: int = 2
+    num_scalar_features: int = 64
+    num_tensor_features: int = 32
+    num_bessels: int = 8
+    envelope_p: int = 6
+    two_body_mlp_hidden: tuple[int, ...] = (64,)
+    latent_mlp_hidden: tuple[int, ...] = (64,)
+    readout_mlp_hidden: tuple[int, ...] = (32,)
+    activation: str = "silu"
+    avg_num_neighbors: float = 35.0
+
+
+def _lf_default() -> ExpertConfig:
+    return ExpertConfig(
+        l_max=1,
+        parity=False,
+        num_layers=1,
+        num_scalar_features=32,
+        num_tensor_features=8,
+        two_body_mlp_hidden=(32,),
+        latent_mlp_hidden=(32,),
+        readout_mlp_hidden=(16,),
+    )
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The high-fidelity (``hf``) and low-fidelity (``lf``) expert presets (``models:``)."""
+
+    hf: ExpertConfig = field(default_factory=ExpertConfig)
+    lf: ExpertConfig = field(default_factory=_lf_default)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Co-training of the HF and LF experts (``train:``); see :mod:`pipeline.train`.
+
+    Energies in eV, forces in eV/A, stress in eV/A^3, lengths in A; loss weights multiply mean squared
+    errors in those units. The independent pair is the same run with ``lambda_energy = lambda_force = 0``.
+    """
+
+    dtype: str = "float32"
+    max_epochs: int = 100
+    batch_size: int = 8
+    optimizer: str = "adam"
+    learning_rate: float = 0.005
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 8
+    min_learning_rate: float = 1.0e-5
+    grad_clip_norm: float = 10.0
+    ema_decay: float = 0.99
+    early_stopping_patience: int = 25
+    energy_weight: float = 1.0
+    force_weight: float = 1.0
+    stress_weight: float = 0.0
+    lf_data: str = "bulk_atoms"
+    agreement_mode: str = "anchored"
+    lambda_energy: float = 1.0
+    lambda_force: float = 1.0
+    agreement_ramp_epochs: int = 0
+    agreement_extra: int = 0
+    agreement_extra_repeat: int = 2
+    agreement_extra_rattle_a: float = 0.08
+    agreement_extra_strain: float = 0.03
+    agreement_extra_per_batch: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -81,6 +256,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     regions: RegionConfig = field(default_factory=RegionConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), loadable again by :func:`config_from_dict`."""

@@ -1,6 +1,7 @@
 # Configuration loading and validation, and helpers shared by the rules.
 
 import json
+import shlex
 
 from snakemake.utils import min_version, validate
 
@@ -28,8 +29,17 @@ def stage_config(*sections):
 
 
 def ingest_inputs(wildcards):
-    """The DFT files named by data.paths (globs and directories expanded by the CLI)."""
-    return [p for p in CFG.data.paths if "*" not in p and "?" not in p]
+    """DFT files to ingest: data.paths (globs expanded by the CLI), or the label stage's output."""
+    if CFG.data.source == "sample":
+        return [rules.label_merge.output.labelled]
+    return [p for p in CFG.data.paths if not any(c in p for c in "*?[")]
+
+
+def ingest_input_args(wildcards):
+    """The --inputs of the ingest CLI call, shell-quoted."""
+    if CFG.data.source == "sample":
+        return shlex.quote(rules.label_merge.output.labelled)
+    return " ".join(shlex.quote(p) for p in CFG.data.paths)
 
 
 def get_final_outputs():

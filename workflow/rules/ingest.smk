@@ -12,7 +12,7 @@ rule ingest:
         stats_md="results/tables/dataset_stats.md",
     params:
         config=stage_config("data", "ingest", "regions"),
-        inputs=lambda wildcards: " ".join(f"'{p}'" for p in CFG.data.paths),
+        inputs=ingest_input_args,
     log:
         "results/logs/ingest.log",
     benchmark:
