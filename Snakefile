@@ -12,6 +12,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/label.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/md.smk"
 
 
 rule all:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pipeline.config import Config, ConfigError, config_from_dict, load_config
+from pipeline.errors import PipelineInputError
 
 log = logging.getLogger("pipeline")
 
@@ -247,15 +248,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from pipeline.train import NonFiniteLossError, TrainingDataError, TrainingStateError, run_training
+    from pipeline.train import run_training
 
-    try:
-        run_training(config_from_args(args), pair=args.pair, dataset=args.dataset, hf_path=args.hf,
-                     lf_path=args.lf, metrics_path=args.metrics, state_dir=args.state_dir,
-                     progress=not args.no_progress, keep_state=args.keep_state)
-    except (NonFiniteLossError, TrainingDataError, TrainingStateError) as exc:
-        log.error("%s", exc)
-        raise SystemExit(1) from None
+    run_training(config_from_args(args), pair=args.pair, dataset=args.dataset, hf_path=args.hf,
+                 lf_path=args.lf, metrics_path=args.metrics, state_dir=args.state_dir,
+                 progress=not args.no_progress, keep_state=args.keep_state)
 
 
 def _add_cotraining_table(sub: argparse._SubParsersAction) -> None:
@@ -286,6 +283,68 @@ def _run_cotraining_table(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# md-system / md
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_md_system(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "md-system",
+        help="build the MD production cell (Pt(111) slab + CO) and its static HF/LF partition",
+        description=(
+            "Builds the Pt(111)+CO cell of md.system, assigns every atom to the HF or LF expert by the rule "
+            "of md.partition, and writes the cell with its per-atom 'expert' array (extxyz) and a picture "
+            "of the partition (PNG, side and top views)."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--cell", required=True, help="output: cell with the partition, extxyz")
+    p.add_argument("--png", required=True, help="output: picture of the partition, PNG")
+    p.set_defaults(func=_run_md_system)
+
+
+def _run_md_system(args: argparse.Namespace) -> None:
+    from pipeline.md.stage import build_md_system
+
+    build_md_system(config_from_args(args), cell=args.cell, png=args.png)
+
+
+def _add_md(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "md",
+        help="LAMMPS MD of the production cell with one expert or the HF/LF mixture; resumable",
+        description=(
+            "Runs LAMMPS (fix external callback into the torch potential) on the cell of md-system: the "
+            "mixture when both --hf and --lf are given (partition from the cell file), else the one expert "
+            "on every atom. Ensemble, timestep, steps and intervals from md.run; blow-up limits from "
+            "md.safety. Restart files go to --state-dir every md.run.restart_interval steps, and a rerun "
+            "resumes from the last one; after a blow-up the last good state is in --state-dir."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--run", required=True, help="label of the run, e.g. hf, lf, moe_independent, moe_cotrained")
+    p.add_argument("--hf", default=None, help="input: HF expert checkpoint (.pt)")
+    p.add_argument("--lf", default=None, help="input: LF expert checkpoint (.pt)")
+    p.add_argument("--cell", required=True, help="input: cell with the partition, extxyz (from md-system)")
+    p.add_argument("--thermo", required=True, help="output: thermo table, CSV")
+    p.add_argument("--final", required=True, help="output: final structure with velocities and forces, extxyz")
+    p.add_argument("--dump", required=True, help="output: LAMMPS dump (text, custom style)")
+    p.add_argument("--summary", required=True, help="output: run summary (sizes, timings, drift), JSON")
+    p.add_argument("--state-dir", required=True, help="directory of restart files (resumed from if present)")
+    p.set_defaults(func=_run_md)
+
+
+def _run_md(args: argparse.Namespace) -> None:
+    from pipeline.md.stage import run_md
+
+    checkpoints = {name: path for name, path in (("hf", args.hf), ("lf", args.lf)) if path is not None}
+    if not checkpoints:
+        raise ConfigError("md needs --hf, --lf or both")
+    run_md(config_from_args(args), run=args.run, checkpoints=checkpoints, cell=args.cell, thermo_csv=args.thermo,
+           final=args.final, dump=args.dump, summary=args.summary, state_dir=args.state_dir)
+
+
+# ---------------------------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_ingest,
@@ -296,6 +355,8 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_ship_dft,
     _add_train,
     _add_cotraining_table,
+    _add_md_system,
+    _add_md,
 )
 
 
@@ -322,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"moe-mlip {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
+    except PipelineInputError as exc:
+        print(f"moe-mlip {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

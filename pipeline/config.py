@@ -23,11 +23,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from pipeline.errors import PipelineInputError
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineInputError, ValueError):
     """A configuration value is missing, of the wrong type, out of range or inconsistent."""
 
 
@@ -193,10 +195,10 @@ def _lf_default() -> ExpertConfig:
         l_max=1,
         parity=False,
         num_layers=1,
-        num_scalar_features=32,
+        num_scalar_features=16,
         num_tensor_features=8,
-        two_body_mlp_hidden=(32,),
-        latent_mlp_hidden=(32,),
+        two_body_mlp_hidden=(16,),
+        latent_mlp_hidden=(16,),
         readout_mlp_hidden=(16,),
     )
 
@@ -218,31 +220,95 @@ class TrainConfig:
     """
 
     dtype: str = "float32"
-    max_epochs: int = 100
+    max_epochs: int = 200
     batch_size: int = 8
     optimizer: str = "adam"
-    learning_rate: float = 0.005
+    learning_rate: float = 0.003
     weight_decay: float = 0.0
-    scheduler: str = "plateau"
+    scheduler: str = "cosine"
     plateau_factor: float = 0.5
     plateau_patience: int = 8
     min_learning_rate: float = 1.0e-5
     grad_clip_norm: float = 10.0
     ema_decay: float = 0.99
-    early_stopping_patience: int = 25
-    energy_weight: float = 1.0
+    early_stopping_patience: int = 50
+    energy_weight: float = 10.0
     force_weight: float = 1.0
     stress_weight: float = 0.0
     lf_data: str = "bulk_atoms"
-    agreement_mode: str = "anchored"
-    lambda_energy: float = 1.0
-    lambda_force: float = 1.0
-    agreement_ramp_epochs: int = 0
-    agreement_extra: int = 0
+    agreement_mode: str = "symmetric"
+    lambda_energy: float = 100.0
+    lambda_force: float = 40.0
+    agreement_ramp_epochs: int = 60
+    agreement_extra: int = 64
+    agreement_extra_source: str = "train"
     agreement_extra_repeat: int = 2
-    agreement_extra_rattle_a: float = 0.08
-    agreement_extra_strain: float = 0.03
-    agreement_extra_per_batch: int = 1
+    agreement_extra_rattle_a: float = 0.05
+    agreement_extra_strain: float = 0.02
+    agreement_extra_per_batch: int = 3
+
+
+@dataclass(frozen=True)
+class MDSystemConfig:
+    """The production cell: Pt(111) slab with CO on top sites (``md.system:``). Lengths in A."""
+
+    surface_size: tuple[int, ...] = (5, 5)
+    layers: int = 6
+    lattice_constant_a: float = 3.97
+    vacuum_a: float = 10.0
+    n_co: int = 4
+    co_height_a: float = 1.85
+    c_o_bond_a: float = 1.15
+
+
+@dataclass(frozen=True)
+class MDPartitionConfig:
+    """Static HF/LF assignment rule (``md.partition:``); see :mod:`pipeline.md.partition`. Lengths in A."""
+
+    rule: str = "adsorbate_radius"
+    radius_a: float = 4.5
+    surface_layers: int = 1
+    min_height_a: float = 9.0
+    indices: tuple[int, ...] = ()
+    hf_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class MDRunConfig:
+    """One LAMMPS run (``md.run:``). Times in fs, temperatures in K, intervals in steps."""
+
+    ensemble: str = "nve"
+    timestep_fs: float = 1.0
+    steps: int = 2000
+    temperature_k: float = 300.0
+    thermostat_damping_fs: float = 100.0
+    fixed_bottom_layers: int = 2
+    thermo_interval: int = 10
+    dump_interval: int = 100
+    restart_interval: int = 500
+    pressure: bool = False
+
+
+@dataclass(frozen=True)
+class MDSafetyConfig:
+    """Blow-up limits (``md.safety:``): distance in A, temperature in K, energy in eV/atom."""
+
+    min_distance_a: float = 0.6
+    max_temperature_k: float = 5000.0
+    max_energy_change_ev_atom: float = 0.5
+
+
+@dataclass(frozen=True)
+class MDConfig:
+    """Mixture-of-experts molecular dynamics (``md:``); see :mod:`pipeline.md`."""
+
+    dtype: str = "float64"
+    neighbor_skin_a: float = 1.0
+    reference_pair: str = "independent"
+    system: MDSystemConfig = field(default_factory=MDSystemConfig)
+    partition: MDPartitionConfig = field(default_factory=MDPartitionConfig)
+    run: MDRunConfig = field(default_factory=MDRunConfig)
+    safety: MDSafetyConfig = field(default_factory=MDSafetyConfig)
 
 
 @dataclass(frozen=True)
@@ -260,6 +326,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    md: MDConfig = field(default_factory=MDConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), loadable again by :func:`config_from_dict`."""

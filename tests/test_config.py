@@ -3,7 +3,13 @@
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Config, config_from_dict, load_config, DEFAULT_CONFIG_PATH
+from pipeline.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+)
 
 
 def test_defaults_fill_an_empty_config():

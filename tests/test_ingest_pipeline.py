@@ -126,7 +126,7 @@ def test_cli_subprocess(tmp_path, dataset_dir):
     assert json.loads(out["manifest"].read_text())["config"]["seed"] == 5
 
 
-def test_cli_in_process_is_deterministic_and_fails_on_bad_data(tmp_path, dataset_dir):
+def test_cli_in_process_is_deterministic_and_fails_on_bad_data(tmp_path, dataset_dir, capsys):
     assert main(_cli_args(tmp_path / "a", [str(dataset_dir)], {"seed": 2})) == 0
     assert main(_cli_args(tmp_path / "b", [str(dataset_dir)], {"seed": 2})) == 0
     a = (tmp_path / "a" / "results" / "data" / "dataset.extxyz").read_text()
@@ -136,6 +136,8 @@ def test_cli_in_process_is_deterministic_and_fails_on_bad_data(tmp_path, dataset
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "OUTCAR").write_text(" vasp.6.4.2\n")  # header only: cannot be parsed
-    with pytest.raises(Exception, match="OUTCAR"):
-        main(_cli_args(tmp_path / "c", [str(bad)], {}))
+    capsys.readouterr()
+    assert main(_cli_args(tmp_path / "c", [str(bad)], {})) == 1  # one line naming the file, no traceback
+    err = capsys.readouterr().err
+    assert "DFTReadError" in err and "OUTCAR" in err and "Traceback" not in err
     assert not (tmp_path / "c" / "results" / "data" / "dataset.extxyz").exists()

@@ -8,8 +8,21 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from pipeline.data import keys as K
-from pipeline.models import AllegroCalculator, build_model, fit_energy_shifts, force_rms_scales, save_checkpoint
-from pipeline.models.testing import SPECIES, co_gas, evaluate, pt_bulk, pt_co_slab, small_config
+from pipeline.models import (
+    AllegroCalculator,
+    build_model,
+    fit_energy_shifts,
+    force_rms_scales,
+    save_checkpoint,
+)
+from pipeline.models.testing import (
+    SPECIES,
+    co_gas,
+    evaluate,
+    pt_bulk,
+    pt_co_slab,
+    small_config,
+)
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,13 @@ import torch
 
 from pipeline.config import ExpertConfig, config_from_dict, load_config
 from pipeline.data import keys as K
-from pipeline.models import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from pipeline.models import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from pipeline.models.testing import SPECIES, evaluate, pt_co_slab, small_config
 
 torch.set_num_threads(1)

@@ -8,7 +8,12 @@ from ase.io import read
 
 from pipeline.cli import main
 from pipeline.config import config_from_dict
-from pipeline.data.sampling import FAMILIES, sample_structures, split_chunks, write_sample_chunks
+from pipeline.data.sampling import (
+    FAMILIES,
+    sample_structures,
+    split_chunks,
+    write_sample_chunks,
+)
 
 # A small sampling configuration: every family and config type, few frames, fast EMT MD.
 SMALL = {

@@ -18,8 +18,8 @@ from pipeline.train.data import (
     make_batch,
     make_extra_cells,
     prepare_samples,
-    read_splits,
     rattle_training_frames,
+    read_splits,
     reference_lattice_constant,
     shard,
 )

@@ -13,7 +13,13 @@ from pipeline.config import ExpertConfig
 from pipeline.data import keys as K
 from pipeline.models import build_model
 from pipeline.train.data import make_batch, prepare_samples
-from pipeline.train.losses import LossWeights, agreement_terms, data_terms, merge_terms, weighted_total
+from pipeline.train.losses import (
+    LossWeights,
+    agreement_terms,
+    data_terms,
+    merge_terms,
+    weighted_total,
+)
 from pipeline.train.pair import ExpertPair, batch_terms
 from pipeline.train.testing import TINY_EXPERT, tiny_config
 

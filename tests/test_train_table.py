@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from pipeline.analysis.cotraining import COLUMNS
 from pipeline.cli import main
@@ -58,12 +57,12 @@ def test_cotraining_table_of_a_tiny_pair(tmp_path):
     assert by_pair.loc["cotrained", "bulk_force_disagreement_mev_a"] < by_pair.loc["independent", "bulk_force_disagreement_mev_a"]
 
 
-def test_train_cli_reports_bad_data_without_a_traceback(tmp_path, caplog):
+def test_train_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
     cfg = tiny_config(max_epochs=1)
     dataset = write_tiny_dataset(tmp_path / "data")
     text = dataset.read_text().replace("split=validation", "split=test")
     dataset.write_text(text)
-    with pytest.raises(SystemExit) as exit_info:
-        main(_train_args(cfg, dataset, tmp_path / "models", "cotrained"))
-    assert exit_info.value.code == 1
-    assert "'validation' split" in caplog.text and "is empty" in caplog.text
+    assert main(_train_args(cfg, dataset, tmp_path / "models", "cotrained")) == 1
+    err = capsys.readouterr().err
+    assert "TrainingDataError" in err and "'validation' split" in err and "is empty" in err
+    assert "Traceback" not in err

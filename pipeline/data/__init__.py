@@ -14,7 +14,11 @@ Note that ``pipeline.data.ingest`` is the function; its module is ``pipeline.dat
 ``sys.modules`` (``from pipeline.data.ingest import write_ingest_outputs`` works as usual).
 """
 
-from pipeline.data.canonical import ENERGY_CONVENTION, STRESS_CONVENTION, canonical_frame
+from pipeline.data.canonical import (
+    ENERGY_CONVENTION,
+    STRESS_CONVENTION,
+    canonical_frame,
+)
 from pipeline.data.ingest import IngestResult, ingest, write_ingest_outputs
 from pipeline.data.readers import FORMATS, DFTReadError, find_dft_files, read_dft
 from pipeline.data.regions import (

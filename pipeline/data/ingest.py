@@ -41,7 +41,11 @@ from ase import Atoms
 
 import pipeline
 from pipeline.config import Config
-from pipeline.data.canonical import ENERGY_CONVENTION, FORCE_CONVENTION, STRESS_CONVENTION
+from pipeline.data.canonical import (
+    ENERGY_CONVENTION,
+    FORCE_CONVENTION,
+    STRESS_CONVENTION,
+)
 from pipeline.data.readers import find_dft_files, read_files
 from pipeline.data.regions import FAMILIES, family_of, label_regions, region_summary
 from pipeline.data.splits import SPLITS, assign_splits, group_families

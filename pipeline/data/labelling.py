@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from ase import Atoms
-from ase.calculators.calculator import PropertyNotImplementedError, kptdensity2monkhorstpack
+from ase.calculators.calculator import (
+    PropertyNotImplementedError,
+    kptdensity2monkhorstpack,
+)
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from tqdm import tqdm

@@ -44,6 +44,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm import tqdm
 
 from pipeline.data.canonical import canonical_frame
+from pipeline.errors import PipelineInputError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ _GPAW_TABULAR = re.compile(r"^(Unit cell|Atoms)\s+#", re.MULTILINE)
 _GPAW_LOG_KEYS = {"atoms", "unit_cell", "energy_contributions", "forces", "stress_tensor"}
 
 
-class DFTReadError(ValueError):
+class DFTReadError(PipelineInputError, ValueError):
     """A DFT file cannot be found, recognised or parsed; the message names the file."""
 
 

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from pipeline.config import IngestConfig
 from pipeline.data.canonical import frame_energy, frame_forces, frame_stress
+from pipeline.errors import PipelineInputError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ REASONS = (
 MAD_TO_SIGMA = 0.6745  # z = 0.6745 (x - median) / MAD is a standard normal score for normal data
 
 
-class TooManyRejectedError(RuntimeError):
+class TooManyRejectedError(PipelineInputError, RuntimeError):
     """More than ``ingest.max_rejected_fraction`` of the frames were rejected."""
 
     def __init__(self, message: str, rejected: Sequence[Rejection]):

@@ -20,10 +20,19 @@ Batch keys, shapes and units: :mod:`pipeline.data.keys`.
 
 from pipeline.models.allegro import AllegroModel, build_model, expert_config_from_dict
 from pipeline.models.calculator import AllegroCalculator
-from pipeline.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from pipeline.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from pipeline.models.geometry import edge_vectors, evaluate_with_derivatives
 from pipeline.models.mlp import ACTIVATIONS, ScalarMLP, make_mlp
-from pipeline.models.scale_shift import PerSpeciesScaleShift, fit_energy_shifts, force_rms_scales
+from pipeline.models.scale_shift import (
+    PerSpeciesScaleShift,
+    fit_energy_shifts,
+    force_rms_scales,
+)
 from pipeline.models.tensor_product import ChannelwiseTensorProduct, plan_tensor_track
 
 __all__ = [

@@ -32,8 +32,17 @@ from ase.data import atomic_numbers
 
 from pipeline.config import ExpertConfig
 from pipeline.data import keys as K
-from pipeline.models.embedding import TensorEmbedding, TwoBodyScalarEmbedding, edge_sum_norm
-from pipeline.models.geometry import centre_edges, centre_mask, edge_vectors, evaluate_with_derivatives
+from pipeline.models.embedding import (
+    TensorEmbedding,
+    TwoBodyScalarEmbedding,
+    edge_sum_norm,
+)
+from pipeline.models.geometry import (
+    centre_edges,
+    centre_mask,
+    edge_vectors,
+    evaluate_with_derivatives,
+)
 from pipeline.models.layers import AllegroLayer
 from pipeline.models.layout import EdgeLayout
 from pipeline.models.mlp import make_mlp

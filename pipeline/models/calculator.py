@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import (
+    Calculator,
+    PropertyNotImplementedError,
+    all_changes,
+)
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from pipeline.data import keys as K

@@ -26,6 +26,7 @@ import e3nn
 import torch
 
 import pipeline
+from pipeline.errors import PipelineInputError
 from pipeline.models.allegro import AllegroModel, build_model, expert_config_from_dict
 
 FORMAT_VERSION = 1
@@ -34,7 +35,7 @@ _REQUIRED = ("format_version", "kind", "config", "species", "r_max", "dtype", "s
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PipelineInputError, ValueError):
     """A checkpoint is missing, unreadable, of another format, or does not match the caller's data."""
 
 

@@ -10,9 +10,20 @@ Public API (modules: :mod:`~pipeline.train.data`, :mod:`~pipeline.train.losses`,
 - errors: :class:`TrainingDataError`, :class:`TrainingStateError`, :class:`NonFiniteLossError`.
 """
 
-from pipeline.train.data import TrainingDataError, make_extra_cells, prepare_samples, read_splits
+from pipeline.train.data import (
+    TrainingDataError,
+    make_extra_cells,
+    prepare_samples,
+    read_splits,
+)
 from pipeline.train.ddp import DistInfo, init_distributed, resolve_device
-from pipeline.train.loop import NonFiniteLossError, TrainData, TrainResult, evaluate, train_pair
+from pipeline.train.loop import (
+    NonFiniteLossError,
+    TrainData,
+    TrainResult,
+    evaluate,
+    train_pair,
+)
 from pipeline.train.losses import LossWeights, agreement_terms, data_terms
 from pipeline.train.run import PAIRS, pair_train_config, run_training
 from pipeline.train.state import TrainingStateError

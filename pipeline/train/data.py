@@ -31,6 +31,7 @@ from ase.build import bulk as ase_bulk
 
 from pipeline.data import keys as K
 from pipeline.data.neighbors import collate
+from pipeline.errors import PipelineInputError
 
 LF_DATA = ("bulk_atoms", "all")
 _EDGE_OFFSET_KEYS = (K.EDGE_INDEX,)
@@ -40,7 +41,7 @@ _SEED_TAG_ORDER = 0x5EED_0D
 _SEED_TAG_EXTRA = 0x5EED_E7
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(PipelineInputError, ValueError):
     """The dataset cannot be trained on: an empty split, missing labels or region arrays, unknown species."""
 
 

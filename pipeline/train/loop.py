@@ -39,6 +39,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from pipeline.config import TrainConfig
+from pipeline.errors import PipelineInputError
 from pipeline.models import AllegroModel
 from pipeline.train.data import Sample, batch_order, extra_order, make_batch, shard
 from pipeline.train.ddp import DistInfo, all_reduce_sum, barrier, wrap
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 TERMS = ("hf_energy", "hf_forces", "hf_stress", "lf_energy", "lf_forces", "lf_stress", "agree_energy", "agree_forces")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(PipelineInputError, RuntimeError):
     """The training loss became NaN or infinite; the message names the epoch and batch."""
 
 

@@ -34,7 +34,12 @@ import torch
 
 from pipeline.config import Config, TrainConfig
 from pipeline.data.ingest import sha256_file
-from pipeline.models import build_model, fit_energy_shifts, force_rms_scales, save_checkpoint
+from pipeline.models import (
+    build_model,
+    fit_energy_shifts,
+    force_rms_scales,
+    save_checkpoint,
+)
 from pipeline.train.data import (
     check_species,
     make_extra_cells,

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import PipelineInputError
 from pipeline.models.checkpoint import package_versions
 
 FORMAT_VERSION = 1
@@ -39,7 +40,7 @@ _REQUIRED = ("format_version", "kind", "fingerprint", "epoch", "finished", "mode
              "scheduler", "best", "bad_epochs", "rng", "data_seed", "metrics")
 
 
-class TrainingStateError(RuntimeError):
+class TrainingStateError(PipelineInputError, RuntimeError):
     """A training-state checkpoint is corrupt, of another format, or from a different run."""
 
 

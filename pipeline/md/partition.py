@@ -1,0 +1,199 @@
+"""The static HF/LF partition of an MD cell: which expert evaluates each atom.
+
+The partition is computed once, from the starting cell, by one of the rules of ``md.partition.rule``
+(:data:`RULES`), and then belongs to the atom (its index / LAMMPS ID), never to its position, so the
+mixture energy stays one smooth function of the coordinates. Experts are numbered in the order of
+:data:`EXPERTS` (0 = ``hf``, 1 = ``lf``).
+
+The partition file is an extxyz of the cell with a per-atom string array ``expert`` (``hf``/``lf``)
+and ``info`` entries ``partition_rule`` and ``n_hf``; :func:`plot_partition` draws it.
+
+>>> from pipeline.config import MDPartitionConfig, MDSystemConfig, RegionConfig
+>>> from pipeline.md.system import build_production_cell
+>>> atoms = build_production_cell(MDSystemConfig(surface_size=(3, 3), layers=4, n_co=1))
+>>> expert = partition_atoms(atoms, MDPartitionConfig(rule="indices", indices=(0, 1)), RegionConfig())
+>>> expert[:3].tolist(), int((expert == 0).sum())
+([0, 0, 1], 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.geometry import get_distances
+
+from pipeline.config import MDPartitionConfig, RegionConfig
+from pipeline.data.regions import (
+    cluster_layers,
+    family_of,
+    heights,
+    label_regions,
+    substrate_mask,
+)
+
+EXPERTS = ("hf", "lf")
+HF, LF = 0, 1
+
+
+def _adsorbate_radius(atoms: Atoms, cfg: MDPartitionConfig, regions: RegionConfig) -> np.ndarray:
+    """HF = the ``complex`` region of :func:`pipeline.data.regions.label_regions` with this rule's radius
+    and top-layer count (no bottom layers)."""
+    rule = dataclasses.replace(
+        regions, adsorbate_radius_a=cfg.radius_a, surface_layers_top=cfg.surface_layers, surface_layers_bottom=0
+    )
+    family, _ = family_of(atoms, rule)
+    region, _ = label_regions(atoms, family, rule)
+    return region == "complex"
+
+
+def _z_slab(atoms: Atoms, cfg: MDPartitionConfig, regions: RegionConfig) -> np.ndarray:
+    h, _ = heights(atoms)
+    return h >= cfg.min_height_a
+
+
+def _indices(atoms: Atoms, cfg: MDPartitionConfig, regions: RegionConfig) -> np.ndarray:
+    index = np.asarray(cfg.indices, dtype=np.int64)
+    if index.size and (index.min() < 0 or index.max() >= len(atoms)):
+        raise ValueError(f"md.partition.indices must lie in [0, {len(atoms)}), got range [{index.min()}, {index.max()}]")
+    mask = np.zeros(len(atoms), dtype=bool)
+    mask[index] = True
+    return mask
+
+
+def _closest_fraction(atoms: Atoms, cfg: MDPartitionConfig, regions: RegionConfig) -> np.ndarray:
+    adsorbate = ~substrate_mask(atoms, regions)
+    if not adsorbate.any():
+        raise ValueError("the closest_fraction rule needs adsorbate atoms (regions.adsorbate_species) in the cell")
+    _, dist = get_distances(atoms.positions, atoms.positions[adsorbate], cell=atoms.cell, pbc=atoms.pbc)
+    nearest = dist.min(axis=1)  # [n_atoms], 0 for the adsorbate atoms
+    count = int(round(cfg.hf_fraction * len(atoms)))
+    order = np.lexsort((np.arange(len(atoms)), nearest))  # ties broken by index: deterministic
+    mask = np.zeros(len(atoms), dtype=bool)
+    mask[order[:count]] = True
+    return mask
+
+
+RULES: dict[str, Callable[[Atoms, MDPartitionConfig, RegionConfig], np.ndarray]] = {
+    "adsorbate_radius": _adsorbate_radius,
+    "z_slab": _z_slab,
+    "indices": _indices,
+    "closest_fraction": _closest_fraction,
+}
+
+
+def partition_atoms(atoms: Atoms, cfg: MDPartitionConfig, regions: RegionConfig) -> np.ndarray:
+    """Expert of every atom by the rule ``cfg.rule``.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        The starting cell (positions in A).
+    cfg : MDPartitionConfig
+        Rule and its parameters.
+    regions : RegionConfig
+        Substrate and adsorbate species and the layer tolerance (A) used by the geometric rules.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_atoms,)
+        :data:`HF` (0) or :data:`LF` (1) per atom.
+    """
+    if cfg.rule not in RULES:
+        raise ValueError(f"unknown partition rule {cfg.rule!r}; known: {', '.join(RULES)}")
+    hf = np.asarray(RULES[cfg.rule](atoms, cfg, regions), dtype=bool)
+    return np.where(hf, HF, LF).astype(np.int64)
+
+
+def bottom_layers(atoms: Atoms, n_layers: int, regions: RegionConfig) -> np.ndarray:
+    """Boolean ``(n_atoms,)``: substrate atoms in the ``n_layers`` lowest layers (along the surface normal).
+
+    Layers are clusters of heights (:func:`pipeline.data.regions.cluster_layers`, tolerance
+    ``regions.layer_tolerance_a``).
+    """
+    mask = np.zeros(len(atoms), dtype=bool)
+    substrate = substrate_mask(atoms, regions)
+    if n_layers <= 0 or not substrate.any():
+        return mask
+    h, _ = heights(atoms)
+    layers = cluster_layers(h[substrate], regions.layer_tolerance_a)
+    mask[np.flatnonzero(substrate)[layers < n_layers]] = True
+    return mask
+
+
+def expert_names(expert: np.ndarray) -> np.ndarray:
+    """Per-atom expert names (``hf``/``lf``) from indices."""
+    return np.asarray(EXPERTS, dtype="<U2")[np.asarray(expert, dtype=np.int64)]
+
+
+def expert_indices(names: np.ndarray) -> np.ndarray:
+    """Per-atom expert indices from names (``hf``/``lf``); other names raise."""
+    names = np.asarray(names).astype(str)
+    unknown = sorted(set(names.tolist()) - set(EXPERTS))
+    if unknown:
+        raise ValueError(f"unknown expert names {unknown}; known: {list(EXPERTS)}")
+    return np.where(names == EXPERTS[HF], HF, LF).astype(np.int64)
+
+
+def write_partition(path: str | Path, atoms: Atoms, expert: np.ndarray, *, rule: str) -> None:
+    """Write the cell with its partition (per-atom ``expert`` array) to an extxyz file."""
+    out = atoms.copy()
+    out.calc = None
+    out.new_array("expert", expert_names(expert))
+    out.info["partition_rule"] = rule
+    out.info["n_hf"] = int(np.sum(np.asarray(expert) == HF))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    out.write(path, format="extxyz")
+
+
+def read_partition(path: str | Path) -> tuple[Atoms, np.ndarray]:
+    """The cell and its per-atom expert indices from a file written by :func:`write_partition`."""
+    from ase.io import read
+
+    atoms = read(path, format="extxyz")
+    if "expert" not in atoms.arrays:
+        raise ValueError(f"{path} has no per-atom 'expert' array (not a partition file?)")
+    expert = expert_indices(atoms.arrays["expert"])
+    return atoms, expert
+
+
+def plot_partition(atoms: Atoms, expert: np.ndarray, path: str | Path, *, title: str | None = None) -> None:
+    """Side and top views of the cell, atoms coloured by expert (HF orange, LF blue; C/O darker).
+
+    Writes a PNG to ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ase.visualize.plot import plot_atoms
+    from matplotlib.patches import Patch
+
+    expert = np.asarray(expert)
+    substrate = np.array([s == "Pt" for s in atoms.get_chemical_symbols()])
+    palette = {(HF, True): "#f4a259", (HF, False): "#b5541c", (LF, True): "#7fa7d9", (LF, False): "#2b5d9b"}
+    colors = [palette[(int(e), bool(s))] for e, s in zip(expert, substrate)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1.3, 1.0]})
+    plot_atoms(atoms, axes[0], rotation="-90x", colors=colors, radii=0.6)
+    axes[0].set_title("side view (x-z)")
+    plot_atoms(atoms, axes[1], rotation="", colors=colors, radii=0.6)
+    axes[1].set_title("top view (x-y)")
+    for ax in axes:
+        ax.set_xlabel("x (A)")
+    axes[0].set_ylabel("z (A)")
+    axes[1].set_ylabel("y (A)")
+    n_hf = int(np.sum(expert == HF))
+    handles = [
+        Patch(color=palette[(HF, True)], label=f"HF ({n_hf} atoms)"),
+        Patch(color=palette[(LF, True)], label=f"LF ({len(expert) - n_hf} atoms)"),
+        Patch(color=palette[(HF, False)], label="C/O (HF)"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(title or f"MoE partition: {len(atoms)} atoms, HF fraction {n_hf / max(len(atoms), 1):.2f}")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,183 @@
+"""The MD stage as functions of typed inputs: build the production cell, run one MD run.
+
+These are what the CLI subcommands ``md-system`` and ``md`` call; they choose no paths themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import units
+
+from pipeline.config import Config
+from pipeline.md.evaluator import MixtureEvaluator
+from pipeline.md.lammps_driver import LammpsMD, MDFiles, MDSystem
+from pipeline.md.partition import (
+    EXPERTS,
+    HF,
+    bottom_layers,
+    partition_atoms,
+    plot_partition,
+    read_partition,
+    write_partition,
+)
+from pipeline.md.potential import MixturePotential
+from pipeline.md.system import build_production_cell
+from pipeline.md.thermo import energy_drift, read_thermo
+from pipeline.models import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA raises."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config key 'device' is cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def build_md_system(cfg: Config, *, cell: str | Path, png: str | Path) -> tuple[int, int]:
+    """Build the production cell, partition it and write the partition file and its picture.
+
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``md.system``, ``md.partition`` and ``regions``.
+    cell : path
+        Output: extxyz of the cell with the per-atom ``expert`` array.
+    png : path
+        Output: side and top views coloured by expert.
+
+    Returns
+    -------
+    (n_atoms, n_hf)
+    """
+    atoms = build_production_cell(cfg.md.system)
+    expert = partition_atoms(atoms, cfg.md.partition, cfg.regions)
+    write_partition(cell, atoms, expert, rule=cfg.md.partition.rule)
+    plot_partition(atoms, expert, png)
+    n_hf = int(np.sum(expert == HF))
+    log.info("production cell: %d atoms (%s), %d HF / %d LF by rule %s", len(atoms), atoms.get_chemical_formula(),
+             n_hf, len(atoms) - n_hf, cfg.md.partition.rule)
+    return len(atoms), n_hf
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_mixture(checkpoints: Mapping[str, str | Path], *, species: tuple[str, ...], dtype: torch.dtype,
+                 device: torch.device) -> MixturePotential:
+    """The mixture of the experts saved at ``checkpoints`` (names among :data:`EXPERTS`, in that order)."""
+    unknown = sorted(set(checkpoints) - set(EXPERTS))
+    if unknown or not checkpoints:
+        raise ValueError(f"checkpoints must be named among {list(EXPERTS)}, got {sorted(checkpoints)}")
+    names = tuple(name for name in EXPERTS if name in checkpoints)
+    experts = [load_checkpoint(checkpoints[name], species=species, dtype=dtype, map_location=device) for name in names]
+    return MixturePotential(experts, names=names)
+
+
+def run_md(
+    cfg: Config,
+    *,
+    run: str,
+    checkpoints: Mapping[str, str | Path],
+    cell: str | Path,
+    thermo_csv: str | Path,
+    final: str | Path,
+    dump: str | Path,
+    summary: str | Path,
+    state_dir: str | Path,
+) -> dict[str, object]:
+    """One LAMMPS MD run of the production cell; resumes from ``state_dir`` when a restart is there.
+
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``md``, ``seed``, ``device``, ``torch_threads``.
+    run : str
+        Label of the run (``hf``, ``lf``, ``moe_independent``, ``moe_cotrained``), stored in the summary.
+    checkpoints : mapping
+        ``{"hf": path}`` or ``{"lf": path}`` (that expert on every atom) or both (the mixture, with the
+        partition of the cell file).
+    cell : path
+        Partition file of :func:`build_md_system` (or any extxyz with a per-atom ``expert`` array, e.g. the
+        final structure of an earlier run; its velocities, if any, are the initial ones).
+    thermo_csv, final, dump, summary : paths
+        Outputs: thermo table (CSV), final structure (extxyz with velocities, forces, per-atom energies),
+        LAMMPS dump, run summary (JSON: sizes, timings, drift).
+    state_dir : path
+        Restart files, progress record, LAMMPS log and, after a blow-up, ``last_good.extxyz``.
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary``.
+    """
+    md = cfg.md
+    torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    dtype = _DTYPES[md.dtype]
+    atoms, expert = read_partition(cell)
+    potential = load_mixture(checkpoints, species=tuple(cfg.species), dtype=dtype, device=device)
+    if len(potential.names) == 1:
+        expert = np.zeros(len(atoms), dtype=np.int64)  # one expert on every atom
+    fixed = bottom_layers(atoms, md.run.fixed_bottom_layers, cfg.regions)
+    evaluator = MixtureEvaluator(potential, numbers=atoms.numbers, expert=expert, skin=md.neighbor_skin_a, device=device)
+    fingerprint_data = {
+        "md": dataclasses.asdict(md),
+        "seed": cfg.seed,
+        "checkpoints": {name: _sha256(path) for name, path in sorted(checkpoints.items())},
+        "cell": _sha256(cell),
+    }
+    fingerprint = hashlib.sha256(json.dumps(fingerprint_data, sort_keys=True).encode()).hexdigest()
+    files = MDFiles(thermo_csv=Path(thermo_csv), final=Path(final), dump=Path(dump), state_dir=Path(state_dir))
+    # a cell with velocities (e.g. the final structure of an earlier run) continues with them
+    velocities = atoms.get_velocities() * units.fs if atoms.has("momenta") else None  # A/fs
+    system = MDSystem(atoms, expert, fixed, velocities)
+    driver = LammpsMD(evaluator, system, md.run, md.safety, files, seed=cfg.seed, fingerprint=fingerprint)
+    n_hf = int(np.sum(expert == 0)) if potential.names[0] == "hf" else 0
+    log.info("MD run %s: %d atoms (%d HF), experts %s, %s on %s, %s for %d steps of %g fs",
+             run, len(atoms), n_hf, list(potential.names), md.dtype, device, md.run.ensemble, md.run.steps,
+             md.run.timestep_fs)
+    stats = driver.run()
+    figures = energy_drift(read_thermo(thermo_csv))
+    result: dict[str, object] = {
+        "run": run,
+        "experts": list(potential.names),
+        "n_atoms": len(atoms),
+        "n_hf": n_hf,
+        "n_fixed": int(fixed.sum()),
+        "ensemble": md.run.ensemble,
+        "precision": md.dtype,
+        "timestep_fs": md.run.timestep_fs,
+        "steps": md.run.steps,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": cfg.torch_threads,
+        **stats,
+        **{key: value for key, value in figures.items() if key not in ("n_atoms", "n_rows")},
+        "thermo_rows": int(figures["n_rows"]),
+    }
+    Path(summary).parent.mkdir(parents=True, exist_ok=True)
+    Path(summary).write_text(json.dumps(result, indent=1))
+    log.info("MD run %s done: %.1f ms/step, drift %.4f meV/atom/ps, fluctuation %.4f meV/atom over %.3f ps",
+             run, 1000 * stats["step_time_s"], figures["drift_mev_atom_ps"], figures["fluctuation_mev_atom"],
+             figures["length_ps"])
+    return result

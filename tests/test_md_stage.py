@@ -1,0 +1,108 @@
+"""The MD stage through its CLI, the thermo analysis and the safety checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase.io import read
+from md_support import experts
+
+from pipeline.cli import main
+from pipeline.config import MDSafetyConfig, config_from_dict
+from pipeline.md.evaluator import Evaluation
+from pipeline.md.safety import check_evaluation, check_thermo
+from pipeline.md.thermo import conservation_row, energy_drift
+from pipeline.models import save_checkpoint
+
+
+def test_energy_drift_recovers_a_known_slope_and_noise():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0.0, 2.0, 401)  # ps
+    n_atoms = 50
+    noise = rng.normal(scale=1e-3, size=t.size)  # eV
+    energy = -250.0 + 0.02 * t + noise  # 0.02 eV/ps = 0.4 meV/atom/ps
+    table = pd.DataFrame({"time_ps": t, "econserve_ev": energy, "etotal_ev": energy, "atoms": n_atoms, "step": np.arange(t.size)})
+    figures = energy_drift(table)
+    assert figures["length_ps"] == pytest.approx(2.0)
+    assert figures["drift_mev_atom_ps"] == pytest.approx(0.4, abs=0.01)
+    assert figures["fluctuation_mev_atom"] == pytest.approx(1e-3 / n_atoms * 1000, rel=0.1)
+    # standard error of a least-squares slope with independent noise: sigma / sqrt(sum (t - mean t)^2)
+    expected = 1e-3 / np.sqrt(np.sum((t - t.mean()) ** 2)) / n_atoms * 1000
+    assert figures["drift_stderr_mev_atom_ps"] == pytest.approx(expected, rel=0.15)
+    with pytest.raises(ValueError, match="two thermo rows"):
+        energy_drift(table.iloc[:1])
+
+
+def test_safety_checks():
+    limits = MDSafetyConfig(min_distance_a=0.7, max_temperature_k=1000.0, max_energy_change_ev_atom=0.1)
+    good = Evaluation(energy=-1.0, energies=np.zeros(2), forces=np.zeros((2, 3)), virial=None, min_distance=1.1,
+                      closest_pair=(0, 1))
+    assert check_evaluation(good, step=3, limits=limits) is None
+    close = Evaluation(energy=-1.0, energies=np.zeros(2), forces=np.zeros((2, 3)), virial=None, min_distance=0.5,
+                       closest_pair=(0, 1))
+    assert "atoms 0 and 1 are 0.500 A apart at step 3" in check_evaluation(close, step=3, limits=limits)
+    nan = Evaluation(energy=-1.0, energies=np.zeros(2), forces=np.array([[0.0, np.nan, 0.0], [0.0, 0.0, 0.0]]),
+                     virial=None, min_distance=1.1)
+    assert "non-finite" in check_evaluation(nan, step=3, limits=limits) and "[0]" in check_evaluation(nan, step=3, limits=limits)
+    row = {"step": 10, "temp_k": 300.0, "econserve_ev": -10.0, "atoms": 10}
+    assert check_thermo(row, reference_energy=-10.5, limits=limits) is None
+    assert "changed by 0.200 eV/atom" in check_thermo(row, reference_energy=-12.0, limits=limits)
+    assert "is nan" in check_thermo({**row, "pe_ev": float("nan")}, reference_energy=-10.0, limits=limits)
+
+
+def test_md_stage_through_the_cli(tmp_path):
+    hf, lf = experts()
+    save_checkpoint(tmp_path / "hf.pt", hf)
+    save_checkpoint(tmp_path / "lf.pt", lf)
+    raw = config_from_dict({}).to_dict()
+    raw["md"]["system"].update(surface_size=[2, 2], layers=3, n_co=1, vacuum_a=5.0)
+    raw["md"]["partition"]["radius_a"] = 3.0
+    raw["md"]["run"].update(steps=30, timestep_fs=0.5, thermo_interval=5, dump_interval=10, restart_interval=10,
+                            fixed_bottom_layers=1)
+    config = ["--config-json", json.dumps(raw)]
+    cell, png = tmp_path / "cell.extxyz", tmp_path / "cell.png"
+    assert main(["md-system", *config, "--cell", str(cell), "--png", str(png)]) == 0
+    assert png.stat().st_size > 0 and len(read(cell)) == 14
+    summaries = {}
+    for run, args in (("moe", ["--hf", str(tmp_path / "hf.pt"), "--lf", str(tmp_path / "lf.pt")]),
+                      ("lf", ["--lf", str(tmp_path / "lf.pt")])):
+        out = tmp_path / run
+        code = main(["md", *config, "--run", run, *args, "--cell", str(cell), "--thermo", str(out / "thermo.csv"),
+                     "--final", str(out / "final.extxyz"), "--dump", str(out / "dump.lammpstrj"),
+                     "--summary", str(out / "summary.json"), "--state-dir", str(out / "state")])
+        assert code == 0
+        summaries[run] = json.loads((out / "summary.json").read_text())
+        thermo = pd.read_csv(out / "thermo.csv")
+        assert thermo["step"].tolist() == [0, 5, 10, 15, 20, 25, 30]
+        assert len(read(out / "dump.lammpstrj", index=":", format="lammps-dump-text")) == 4
+        row = conservation_row(out / "thermo.csv", run=run, precision="float64", timestep_fs=0.5)
+        assert row["length_ps"] == pytest.approx(0.015) and abs(row["drift_mev_atom_ps"]) < 50
+    moe, single = summaries["moe"], summaries["lf"]
+    assert moe["experts"] == ["hf", "lf"] and moe["n_hf"] == 6 and moe["n_fixed"] == 4 and moe["n_atoms"] == 14
+    assert single["experts"] == ["lf"] and single["n_hf"] == 0
+    assert moe["forward_hf_s"] > 0 and moe["forward_lf_s"] > 0 and moe["step_time_s"] > 0
+    assert moe["precision"] == "float64" and moe["device"] == "cpu"
+    # a run started from the final structure continues with its positions and velocities
+    again = tmp_path / "again"
+    code = main(["md", *config, "--run", "moe", "--hf", str(tmp_path / "hf.pt"), "--lf", str(tmp_path / "lf.pt"),
+                 "--cell", str(tmp_path / "moe" / "final.extxyz"), "--thermo", str(again / "thermo.csv"),
+                 "--final", str(again / "final.extxyz"), "--dump", str(again / "dump.lammpstrj"),
+                 "--summary", str(again / "summary.json"), "--state-dir", str(again / "state")])
+    assert code == 0
+    before = pd.read_csv(tmp_path / "moe" / "thermo.csv").iloc[-1]
+    after = pd.read_csv(again / "thermo.csv").iloc[0]
+    for column in ("temp_k", "pe_ev", "ke_ev"):
+        assert after[column] == pytest.approx(before[column], rel=1e-7), column
+    # the two runs differ: the mixture is not the LF expert alone
+    a = pd.read_csv(tmp_path / "moe" / "thermo.csv")["pe_ev"].iloc[0]
+    b = pd.read_csv(tmp_path / "lf" / "thermo.csv")["pe_ev"].iloc[0]
+    assert abs(a - b) > 1e-3
+
+
+def test_md_cli_needs_an_expert(tmp_path, capsys):
+    code = main(["md", "--run", "x", "--cell", "c", "--thermo", "t", "--final", "f", "--dump", "d", "--summary", "s",
+                 "--state-dir", str(tmp_path)])
+    assert code == 2 and "--hf, --lf or both" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+# Stage "md": the production cell (Pt(111) slab + CO) with its static HF/LF partition, then one LAMMPS
+# NVE/NVT run per {run}: full HF and full LF (experts of md.reference_pair), and the mixture of each
+# trained pair (moe_independent, moe_cotrained). Needs train.smk included first (rules.train).
+#
+# Each run writes restart files to results/md/{run}/state/ every md.run.restart_interval steps. The state
+# is NOT a declared output, so Snakemake never deletes it: a killed job rerun with --rerun-incomplete
+# resumes from the last restart. It is removed after a successful run; a leftover state from other
+# inputs is an error that asks to delete it. After a blow-up the last good state is
+# results/md/{run}/state/last_good.extxyz.
+#
+# GPU: the code picks the device itself (config key device: auto -> CUDA when present). One run uses one
+# device (fix external: one MPI rank); on a cluster give the rule a GPU with
+# `--set-resources md:gpu=1` (the slurm executor plugin maps it). No gpu resource is declared here, so
+# CPU-only runs are not blocked by an absent counter.
+
+# The runs (the analysis reads these names) and the expert checkpoints of each: moe_<pair> = both experts
+# of <pair>; hf / lf = that expert of md.reference_pair on every atom.
+MD_RUNS = ["hf", "lf", "moe_independent", "moe_cotrained"]
+MD_CHECKPOINTS = {
+    "hf": {"hf": expand(rules.train.output.hf, pair=CFG.md.reference_pair)[0]},
+    "lf": {"lf": expand(rules.train.output.lf, pair=CFG.md.reference_pair)[0]},
+    **{
+        f"moe_{pair}": {
+            "hf": expand(rules.train.output.hf, pair=pair)[0],
+            "lf": expand(rules.train.output.lf, pair=pair)[0],
+        }
+        for pair in TRAIN_PAIRS
+    },
+}
+
+
+rule md_system:
+    output:
+        cell="results/md/system/cell.extxyz",
+        png="results/md/system/partition.png",
+    params:
+        config=stage_config("md", "regions"),
+    log:
+        "results/logs/md_system.log",
+    benchmark:
+        "results/benchmarks/md_system/md_system.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline md-system --config-json {params.config:q} --cell {output.cell} --png {output.png} "
+        "> {log} 2>&1"
+
+
+rule md:
+    input:
+        unpack(lambda wildcards: MD_CHECKPOINTS[wildcards.run]),
+        cell=rules.md_system.output.cell,
+    output:
+        thermo="results/md/{run}/thermo.csv",
+        final="results/md/{run}/final.extxyz",
+        dump="results/md/{run}/dump.lammpstrj",
+        summary="results/md/{run}/summary.json",
+    params:
+        config=stage_config("md", "models", "regions"),
+        experts=lambda wildcards, input: " ".join(
+            f"--{name} {input[name]}" for name in MD_CHECKPOINTS[wildcards.run]
+        ),
+        state_dir="results/md/{run}/state",
+    log:
+        "results/logs/md/{run}.log",
+    benchmark:
+        "results/benchmarks/md/{run}.tsv"
+    threads: 1
+    wildcard_constraints:
+        run="|".join(MD_RUNS),
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline md --config-json {params.config:q} --run {wildcards.run} "
+        "{params.experts} --cell {input.cell} --thermo {output.thermo} --final {output.final} "
+        "--dump {output.dump} --summary {output.summary} --state-dir {params.state_dir} > {log} 2>&1"
