@@ -305,6 +305,7 @@ class MDConfig:
     dtype: str = "float64"
     neighbor_skin_a: float = 1.0
     reference_pair: str = "independent"
+    full_lf_without_adsorbates: bool = True
     system: MDSystemConfig = field(default_factory=MDSystemConfig)
     partition: MDPartitionConfig = field(default_factory=MDPartitionConfig)
     run: MDRunConfig = field(default_factory=MDRunConfig)

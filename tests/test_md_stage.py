@@ -83,6 +83,10 @@ def test_md_stage_through_the_cli(tmp_path):
     moe, single = summaries["moe"], summaries["lf"]
     assert moe["experts"] == ["hf", "lf"] and moe["n_hf"] == 6 and moe["n_fixed"] == 4 and moe["n_atoms"] == 14
     assert single["experts"] == ["lf"] and single["n_hf"] == 0
+    # the full-LF run leaves out the CO the LF expert never learned (md.full_lf_without_adsorbates)
+    assert moe["n_adsorbate_atoms_removed"] == 0
+    assert single["n_adsorbate_atoms_removed"] == 2 and single["n_atoms"] == 12
+    assert set(read(tmp_path / "lf" / "final.extxyz").get_chemical_symbols()) == {"Pt"}
     assert moe["forward_hf_s"] > 0 and moe["forward_lf_s"] > 0 and moe["step_time_s"] > 0
     assert moe["precision"] == "float64" and moe["device"] == "cpu"
     # a run started from the final structure continues with its positions and velocities

@@ -136,6 +136,12 @@ def run_md(
     dtype = _DTYPES[md.dtype]
     atoms, expert = read_partition(cell)
     potential = load_mixture(checkpoints, species=tuple(cfg.species), dtype=dtype, device=device)
+    n_removed = 0
+    if tuple(potential.names) == ("lf",) and md.full_lf_without_adsorbates:
+        keep = ~np.isin(atoms.get_chemical_symbols(), list(cfg.regions.adsorbate_species))
+        n_removed = int(np.sum(~keep))
+        atoms = atoms[keep]
+        log.info("full-LF run: removed the %d adsorbate atoms (md.full_lf_without_adsorbates)", n_removed)
     if len(potential.names) == 1:
         expert = np.zeros(len(atoms), dtype=np.int64)  # one expert on every atom
     fixed = bottom_layers(atoms, md.run.fixed_bottom_layers, cfg.regions)
@@ -164,6 +170,7 @@ def run_md(
         "n_atoms": len(atoms),
         "n_hf": n_hf,
         "n_fixed": int(fixed.sum()),
+        "n_adsorbate_atoms_removed": n_removed,
         "ensemble": md.run.ensemble,
         "precision": md.dtype,
         "timestep_fs": md.run.timestep_fs,
