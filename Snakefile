@@ -14,6 +14,8 @@ include: "workflow/rules/label.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/md.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/moe_study.smk"
 
 
 rule all:

@@ -345,6 +345,284 @@ def _run_md(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# analysis: accuracy / conservation / eos / interface / speed / summary
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_pair_args(p: argparse.ArgumentParser, *, reference: bool = True) -> None:
+    p.add_argument("--pairs", nargs="+", required=True, help="pair names (e.g. independent cotrained)")
+    p.add_argument("--hf", nargs="+", required=True, help="input: HF checkpoints, in the order of --pairs")
+    p.add_argument("--lf", nargs="+", required=True, help="input: LF checkpoints, in the order of --pairs")
+    if reference:
+        p.add_argument("--reference-pair", default=None,
+                       help="pair whose HF expert is the model 'hf' (default: md.reference_pair of the configuration)")
+
+
+def _pairs(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    if not (len(args.pairs) == len(args.hf) == len(args.lf)):
+        raise ConfigError(f"need one --hf and one --lf checkpoint per pair: {len(args.pairs)} pairs, "
+                          f"{len(args.hf)} HF, {len(args.lf)} LF")
+    return {pair: {"hf": hf, "lf": lf} for pair, hf, lf in zip(args.pairs, args.hf, args.lf)}
+
+
+def _reference_pair(args: argparse.Namespace, cfg: Config) -> str:
+    ref = args.reference_pair or cfg.md.reference_pair
+    if ref not in args.pairs:
+        raise ConfigError(f"reference pair {ref!r} is not among --pairs {args.pairs}")
+    return ref
+
+
+def _add_table_outputs(p: argparse.ArgumentParser, *, png: str) -> None:
+    p.add_argument("--csv", required=True, help="output: table, CSV")
+    p.add_argument("--md", required=True, help="output: table, Markdown")
+    p.add_argument("--png", required=True, help=f"output: {png}, PNG")
+
+
+def _add_accuracy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "accuracy",
+        help="energy/force errors of every expert and mixture on held-out DFT data, by region and family",
+        description=(
+            "Evaluates the HF and LF experts of each pair and each pair's mixture (partition rule of "
+            "md.partition applied to every frame) on the analysis.accuracy.split split of the dataset: energy "
+            "(meV/atom) and force (meV/A) MAE and RMSE by atom region and structure family; parity plots."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True, help="input: dataset of the ingest stage, extxyz")
+    _add_pair_args(p)
+    _add_table_outputs(p, png="parity plots")
+    p.set_defaults(func=_run_accuracy)
+
+
+def _run_accuracy(args: argparse.Namespace) -> None:
+    from pipeline.analysis.accuracy import accuracy_table, write_accuracy
+
+    cfg = config_from_args(args)
+    table, predictions, frames = accuracy_table(cfg, dataset=args.dataset, pairs=_pairs(args),
+                                                reference_pair=_reference_pair(args, cfg))
+    write_accuracy(table, frames, predictions, csv=args.csv, md=args.md, png=args.png, precision=cfg.analysis.dtype,
+                   split=cfg.analysis.accuracy.split, lf_data=cfg.train.lf_data, partition_rule=cfg.md.partition.rule)
+
+
+def _add_conservation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "conservation",
+        help="energy drift and fluctuation of MD runs from their thermo tables; energy traces",
+        description=(
+            "Fits a line to the conserved energy of each run's thermo CSV (drift in meV/atom/ps, fluctuation "
+            "in meV/atom), with precision, ensemble and step time from the run summaries; plots the traces."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--runs", nargs="+", required=True, help="run names, e.g. hf lf moe_independent moe_cotrained")
+    p.add_argument("--thermo", nargs="+", required=True, help="input: thermo CSV of each run, in the order of --runs")
+    p.add_argument("--summaries", nargs="+", default=None, help="input: summary JSON of each run (optional)")
+    _add_table_outputs(p, png="energy traces")
+    p.set_defaults(func=_run_conservation)
+
+
+def _run_conservation(args: argparse.Namespace) -> None:
+    from pipeline.analysis.conservation import conservation_table, write_conservation
+
+    cfg = config_from_args(args)
+    table, traces = conservation_table(args.runs, args.thermo, args.summaries,
+                                       lf_bulk_only=cfg.train.lf_data == "bulk_atoms")
+    write_conservation(table, traces, csv=args.csv, md=args.md, png=args.png)
+
+
+def _add_eos(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eos",
+        help="fcc Pt equation of state (Birch-Murnaghan V0, B0, B0') of DFT, each expert and each mixture",
+        description=(
+            "Fits Birch-Murnaghan E(V) (ase.eos) to the dataset's bulk EOS frames (DFT), to each expert on a "
+            "cubic supercell and to each pair's mixture on the same supercell split into HF and LF halves; "
+            "adds the WIEN2k PBE reference of ASE's dcdft collection; table and plot."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--dataset", default=None, help="input: dataset of the ingest stage, extxyz (for the DFT row)")
+    _add_pair_args(p)
+    _add_table_outputs(p, png="E(V) plot")
+    p.set_defaults(func=_run_eos)
+
+
+def _run_eos(args: argparse.Namespace) -> None:
+    from pipeline.analysis.eos import eos_table, write_eos
+
+    cfg = config_from_args(args)
+    table, points = eos_table(cfg, dataset=args.dataset, pairs=_pairs(args), reference_pair=_reference_pair(args, cfg))
+    write_eos(table, points, csv=args.csv, md=args.md, png=args.png, precision=cfg.analysis.dtype,
+              lf_data=cfg.train.lf_data)
+
+
+def _add_interface(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "interface",
+        help="spurious HF/LF interface forces in a perfect and a thermal fcc Pt crystal, per pair",
+        description=(
+            "Splits a cubic fcc Pt supercell into an HF and an LF half and computes, for each pair, the "
+            "interface force F(mixture) - F(own expert alone) on the atoms near the interface (max, RMS) in "
+            "the perfect crystal and in Gaussian-displaced thermal snapshots; table and per-layer profile."
+        ),
+    )
+    _add_config_args(p)
+    _add_pair_args(p, reference=False)
+    _add_table_outputs(p, png="interface force profile")
+    p.set_defaults(func=_run_interface)
+
+
+def _run_interface(args: argparse.Namespace) -> None:
+    from pipeline.analysis.interface import interface_table, write_interface
+
+    table, profile = interface_table(config_from_args(args), pairs=_pairs(args))
+    write_interface(table, profile, csv=args.csv, md=args.md, png=args.png)
+
+
+def _add_speed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "speed",
+        help="MD-step speed of full HF, full LF and the mixture at several HF fractions and sizes",
+        description=(
+            "Times energy + forces through the MD stage's mixture evaluator on Pt(111)+CO slabs of "
+            "analysis.speed.n_atoms atoms, for full HF, full LF and the mixture at analysis.speed.hf_fractions "
+            "(median of repeats after warm-up, one process), with the ideal speedup bound from the measured "
+            "per-atom costs; table and plot. Run it alone on the machine for meaningful numbers."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--hf", required=True, help="input: HF expert checkpoint (.pt)")
+    p.add_argument("--lf", required=True, help="input: LF expert checkpoint (.pt)")
+    _add_table_outputs(p, png="speed plot")
+    p.set_defaults(func=_run_speed)
+
+
+def _run_speed(args: argparse.Namespace) -> None:
+    from pipeline.analysis.speed import speed_table, write_speed
+
+    write_speed(speed_table(config_from_args(args), hf=args.hf, lf=args.lf), csv=args.csv, md=args.md, png=args.png)
+
+
+def _add_summary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "summary",
+        help="one-page Markdown summary: headline numbers of the analysis tables beside the paper's claims",
+        description="Reads the analysis tables (CSV; each optional) and writes the summary page (Markdown).",
+    )
+    _add_config_args(p)
+    for name in ("accuracy", "conservation", "eos", "interface", "cotraining", "speed"):
+        p.add_argument(f"--{name}", default=None, help=f"input: {name} table, CSV")
+    p.add_argument("--output", required=True, help="output: summary page, Markdown")
+    p.set_defaults(func=_run_summary)
+
+
+def _run_summary(args: argparse.Namespace) -> None:
+    from pipeline.analysis.summary import LINES, write_summary
+
+    cfg = config_from_args(args)
+    notes = [(f"DFT data: {', '.join(cfg.data.paths) if cfg.data.source == 'files' else 'labelled by the pipeline'}; "
+             f"MD precision {cfg.md.dtype}, analysis precision {cfg.analysis.dtype}, speed precision "
+             f"{cfg.analysis.speed.dtype}; full-HF/full-LF references use the {cfg.md.reference_pair} pair.")]
+    if cfg.train.lf_data == "bulk_atoms":
+        lf_run = ("the full-LF MD run leaves the adsorbates out (md.full_lf_without_adsorbates)"
+                  if getattr(cfg.md, "full_lf_without_adsorbates", False) else "the full-LF MD run (with CO) is extrapolation")
+        notes.append("The LF experts were trained on bulk Pt atoms only (train.lf_data: bulk_atoms): they have never "
+                     f"seen C or O; {lf_run}, and the LF rows of the accuracy table on adsorbate/surface atoms are "
+                     "extrapolation.")
+    write_summary({name: getattr(args, name) for name in LINES}, args.output, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# moe study: moe-emt-sample / moe-emt-dataset / moe-study-train / moe-study-report
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_moe_emt_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "moe-emt-sample",
+        help="sample the multi-element EMT set of the MoE study (bulk alloys, surfaces, rattled cells)",
+        description="Builds the structures of moe_study.emt (deterministic for the seed), unlabelled, for the "
+                    "label stage with label.calculator: emt (NOT DFT).",
+    )
+    _add_config_args(p)
+    p.add_argument("--output", required=True, help="output: unlabelled structures, extxyz")
+    p.set_defaults(func=_run_moe_emt_sample)
+
+
+def _run_moe_emt_sample(args: argparse.Namespace) -> None:
+    from pipeline.data.alloys import write_alloys
+
+    cfg = config_from_args(args)
+    write_alloys(cfg.moe_study.emt, cfg.seed, args.output)
+
+
+def _add_moe_emt_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "moe-emt-dataset",
+        help="EMT-labelled frames -> the MoE study's multi-element dataset (regions, splits)",
+        description="Checks every frame is marked not-DFT, labels all atoms bulk and assigns deterministic "
+                    "train/validation/test splits (moe_study.emt fractions).",
+    )
+    _add_config_args(p)
+    p.add_argument("--labelled", required=True, help="input: EMT-labelled frames, extxyz")
+    p.add_argument("--dataset", required=True, help="output: dataset, extxyz")
+    p.set_defaults(func=_run_moe_emt_dataset)
+
+
+def _run_moe_emt_dataset(args: argparse.Namespace) -> None:
+    from pipeline.data.alloys import emt_dataset
+
+    cfg = config_from_args(args)
+    emt_dataset(cfg.moe_study.emt, cfg.seed, args.labelled, args.dataset)
+
+
+def _add_moe_study_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "moe-study-train",
+        help="train one variant (dense, MoE, MoLE) of the MoE routing study on one dataset",
+        description="Trains the variant with the moe_study budget, evaluates the test split and writes the "
+                    "checkpoint, per-epoch metrics (with expert load per element and layer) and a JSON summary.",
+    )
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True, help="input: dataset with splits and regions, extxyz")
+    p.add_argument("--dataset-name", required=True, choices=("pt_co", "emt_alloys"), help="which study dataset")
+    p.add_argument("--variant", required=True, help="variant name (pipeline.train.moe_study.VARIANTS)")
+    p.add_argument("--checkpoint", required=True, help="output: model checkpoint (.pt)")
+    p.add_argument("--metrics", required=True, help="output: per-epoch metrics, CSV")
+    p.add_argument("--summary", required=True, help="output: test errors, parameters, routing, JSON")
+    p.set_defaults(func=_run_moe_study_train)
+
+
+def _run_moe_study_train(args: argparse.Namespace) -> None:
+    from pipeline.train.moe_study import train_variant
+
+    train_variant(config_from_args(args), dataset=args.dataset, dataset_name=args.dataset_name,
+                  variant=args.variant, checkpoint=args.checkpoint, metrics=args.metrics, summary=args.summary)
+
+
+def _add_moe_study_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "moe-study-report",
+        help="table and figures of the MoE routing study",
+        description="Table of test MAE, active/total parameters and stability per dataset and variant (CSV, "
+                    "Markdown), heat map of expert usage per element and layer, PCA of per-element routing.",
+    )
+    p.add_argument("--summaries", nargs="+", required=True, help="input: summaries of moe-study-train, JSON")
+    p.add_argument("--csv", required=True, help="output: table, CSV")
+    p.add_argument("--md", required=True, help="output: table and notes, Markdown")
+    p.add_argument("--heatmap", required=True, help="output: expert usage heat map, PNG")
+    p.add_argument("--pca", required=True, help="output: routing PCA, PNG")
+    p.set_defaults(func=_run_moe_study_report)
+
+
+def _run_moe_study_report(args: argparse.Namespace) -> None:
+    from pipeline.train.moe_report import read_summaries, write_report
+
+    write_report(read_summaries(args.summaries), csv=args.csv, md=args.md, heatmap=args.heatmap, pca=args.pca)
+
+
+# ---------------------------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_ingest,
@@ -357,6 +635,16 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_cotraining_table,
     _add_md_system,
     _add_md,
+    _add_accuracy,
+    _add_conservation,
+    _add_eos,
+    _add_interface,
+    _add_speed,
+    _add_summary,
+    _add_moe_emt_sample,
+    _add_moe_emt_dataset,
+    _add_moe_study_train,
+    _add_moe_study_report,
 )
 
 

@@ -169,6 +169,22 @@ class LabelConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """Routed mixture-of-experts MLPs inside one expert (``models.<preset>.moe``); see
+    :mod:`pipeline.models.moe`. Off by default: the expert is dense."""
+
+    enabled: bool = False
+    layers: tuple[str, ...] = ("latent", "readout")
+    num_experts: int = 4
+    top_k: int = 2
+    num_shared: int = 1
+    router: str = "element"
+    expert_type: str = "mlp"
+    expert_width_factor: float = 0.5
+    router_embedding_dim: int = 8
+
+
+@dataclass(frozen=True)
 class ExpertConfig:
     """Capacity of one Allegro expert (``models.hf`` / ``models.lf``). Lengths in A.
 
@@ -188,6 +204,7 @@ class ExpertConfig:
     readout_mlp_hidden: tuple[int, ...] = (32,)
     activation: str = "silu"
     avg_num_neighbors: float = 35.0
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
 
 def _lf_default() -> ExpertConfig:
@@ -246,6 +263,7 @@ class TrainConfig:
     agreement_extra_rattle_a: float = 0.05
     agreement_extra_strain: float = 0.02
     agreement_extra_per_batch: int = 3
+    moe_balance_weight: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -313,6 +331,96 @@ class MDConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisAccuracyConfig:
+    """Accuracy on held-out DFT data (``analysis.accuracy:``)."""
+
+    split: str = "test"
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class AnalysisEOSConfig:
+    """Equation of state of fcc Pt (``analysis.eos:``). Volumes as fractions of the reference volume."""
+
+    n_volumes: int = 11
+    volume_range: float = 0.08
+    supercell: tuple[int, ...] = (2, 2, 8)
+
+
+@dataclass(frozen=True)
+class AnalysisInterfaceConfig:
+    """HF/LF interface in a split fcc Pt crystal (``analysis.interface:``). Lengths in A."""
+
+    supercell: tuple[int, ...] = (3, 3, 10)
+    thermal_rattle_a: float = 0.065
+    thermal_samples: int = 3
+
+
+@dataclass(frozen=True)
+class AnalysisSpeedConfig:
+    """MD-step timing of full HF, full LF and the mixture (``analysis.speed:``)."""
+
+    n_atoms: tuple[int, ...] = (500, 2000)
+    hf_fractions: tuple[float, ...] = (0.1, 0.2, 0.4)
+    layers: int = 6
+    co_coverage: float = 0.16
+    repeats: int = 3
+    warmup: int = 1
+    dtype: str = "float64"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The analysis stage (``analysis:``); see :mod:`pipeline.analysis`. Lengths in A."""
+
+    dtype: str = "float64"
+    lattice_constant_a: float = 3.97
+    accuracy: AnalysisAccuracyConfig = field(default_factory=AnalysisAccuracyConfig)
+    eos: AnalysisEOSConfig = field(default_factory=AnalysisEOSConfig)
+    interface: AnalysisInterfaceConfig = field(default_factory=AnalysisInterfaceConfig)
+    speed: AnalysisSpeedConfig = field(default_factory=AnalysisSpeedConfig)
+
+
+@dataclass(frozen=True)
+class MoEStudyEMTConfig:
+    """The multi-element EMT set of the MoE study (``moe_study.emt:``; labelled by ASE's EMT, NOT DFT).
+
+    Lengths in A. Lattice constants are ASE's reference values, mixed linearly (Vegard) for alloys.
+    """
+
+    elements: tuple[str, ...] = ("Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")
+    n_bulk_alloys: int = 84
+    n_surfaces: int = 42
+    n_rattled: int = 42
+    rattle_stdev_a: float = 0.08
+    strain_max: float = 0.03
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class MoEStudyConfig:
+    """The element-wise MoE routing study (``moe_study:``); see :mod:`pipeline.train.moe_study`."""
+
+    enabled: bool = False
+    datasets: tuple[str, ...] = ("pt_co", "emt_alloys")
+    variants: tuple[str, ...] = (
+        "dense", "moe_element_shared", "moe_element", "moe_configuration_shared", "mole_element_shared",
+    )
+    base_model: str = "lf"
+    layers: tuple[str, ...] = ("latent", "readout")
+    num_experts: int = 8
+    top_k: int = 2
+    num_shared: int = 1
+    max_epochs: int = 60
+    batch_size: int = 8
+    learning_rate: float = 0.003
+    balance_weight: float = 0.01
+    max_train_frames: int = 0
+    emt: MoEStudyEMTConfig = field(default_factory=MoEStudyEMTConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -328,6 +436,8 @@ class Config:
     label: LabelConfig = field(default_factory=LabelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     md: MDConfig = field(default_factory=MDConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    moe_study: MoEStudyConfig = field(default_factory=MoEStudyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), loadable again by :func:`config_from_dict`."""
@@ -420,6 +530,10 @@ def check_semantics(cfg: Config, *, check_files: bool = True) -> None:
             "config keys 'ingest.validation_fraction' + 'ingest.test_fraction' must be < 1, got "
             f"{cfg.ingest.validation_fraction} + {cfg.ingest.test_fraction}"
         )
+    for key, cells in (("analysis.eos.supercell", cfg.analysis.eos.supercell),
+                       ("analysis.interface.supercell", cfg.analysis.interface.supercell)):
+        if cells[2] % 2:
+            raise ConfigError(f"config key '{key}': the third repeat must be even (HF and LF halves), got {list(cells)}")
     if check_files and cfg.data.source == "files":
         for pattern in cfg.data.paths:
             if not glob.glob(pattern, recursive=True) and not Path(pattern).exists():

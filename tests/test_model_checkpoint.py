@@ -14,14 +14,20 @@ from pipeline.models import (
     read_checkpoint,
     save_checkpoint,
 )
-from pipeline.models.testing import SPECIES, evaluate, pt_co_slab, small_config
+from pipeline.models.testing import (
+    SPECIES,
+    evaluate,
+    pt_co_slab,
+    small_config,
+    small_moe_config,
+)
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture()
-def model():
-    m = build_model(small_config(), SPECIES, dtype=torch.float64, seed=9).eval()
+@pytest.fixture(params=["dense", "moe_element", "mole_configuration"])
+def model(request):
+    m = build_model(small_moe_config(request.param), SPECIES, dtype=torch.float64, seed=9).eval()
     m.set_scale_shift(scales=[1.1, 0.9, 1.2], shifts=[-6.0, -8.0, -5.0])
     return m
 
@@ -115,3 +121,18 @@ def test_checkpoint_with_foreign_objects_refused(model, tmp_path):
     torch.save({"kind": "allegro_expert", "model": model}, path)  # a pickled module, not a state dict
     with pytest.raises(CheckpointError, match="holds Python objects other than tensors"):
         load_checkpoint(path)
+
+
+def test_checkpoint_from_before_moe_layers_loads_dense(tmp_path):
+    """A checkpoint whose config has no ``moe`` entry (written before MoE layers existed) loads as dense."""
+    dense = build_model(small_config(), SPECIES, dtype=torch.float64, seed=9).eval()
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, dense)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["moe"]
+    torch.save(payload, path)
+    loaded = load_checkpoint(path, species=SPECIES)
+    assert not loaded.config.moe.enabled
+    atoms = pt_co_slab()
+    a, b = evaluate(dense, [atoms], r_max=dense.r_max), evaluate(loaded, [atoms], r_max=dense.r_max)
+    assert torch.equal(a[K.ENERGY], b[K.ENERGY])

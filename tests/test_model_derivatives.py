@@ -8,14 +8,20 @@ from ase.calculators.fd import calculate_numerical_stress
 
 from pipeline.data import keys as K
 from pipeline.models import AllegroCalculator, build_model
-from pipeline.models.testing import SPECIES, evaluate, pt_bulk, pt_co_slab, small_config
+from pipeline.models.testing import (
+    SPECIES,
+    evaluate,
+    pt_bulk,
+    pt_co_slab,
+    small_moe_config,
+)
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def model():
-    m = build_model(small_config(num_layers=2), SPECIES, dtype=torch.float64, seed=11).eval()
+@pytest.fixture(scope="module", params=["dense", "moe_element", "mole_configuration"])
+def model(request):
+    m = build_model(small_moe_config(request.param, num_layers=2), SPECIES, dtype=torch.float64, seed=11).eval()
     m.set_scale_shift(scales=[0.7, 1.3, 0.9], shifts=[-3.0, -2.0, -1.0])
     return m
 

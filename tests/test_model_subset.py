@@ -8,14 +8,20 @@ from pipeline.data import keys as K
 from pipeline.data.neighbors import collate
 from pipeline.models import build_model
 from pipeline.models.layout import EdgeLayout
-from pipeline.models.testing import SPECIES, co_gas, pt_bulk, pt_co_slab, small_config
+from pipeline.models.testing import (
+    SPECIES,
+    co_gas,
+    pt_bulk,
+    pt_co_slab,
+    small_moe_config,
+)
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def model():
-    m = build_model(small_config(num_layers=2), SPECIES, dtype=torch.float64, seed=5).eval()
+@pytest.fixture(scope="module", params=["dense", "moe_element", "moe_configuration", "moe_atom"])
+def model(request):
+    m = build_model(small_moe_config(request.param, num_layers=2), SPECIES, dtype=torch.float64, seed=5).eval()
     m.set_scale_shift(scales=[0.5, 1.5, 2.0], shifts=[-6.0, -4.0, -3.0])
     return m
 

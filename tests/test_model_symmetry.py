@@ -15,6 +15,7 @@ from pipeline.models.testing import (
     pt_co_slab,
     random_rotation,
     small_config,
+    small_moe_config,
     transform_atoms,
     validate_model_outputs,
 )
@@ -26,6 +27,11 @@ CONFIGS = {
     "parity": small_config(parity=True, num_layers=3),
     "no_parity": small_config(parity=False, num_layers=3),
     "lmax1_one_layer": small_config(l_max=1, num_layers=1),
+    # mixture-of-experts layers (latent MLPs and readout), every router and expert type
+    "moe_element": small_moe_config("moe_element", num_layers=2),
+    "moe_configuration": small_moe_config("moe_configuration", num_layers=2),
+    "moe_atom": small_moe_config("moe_atom", num_layers=2),
+    "mole_element": small_moe_config("mole_element", l_max=1, num_layers=1),
 }
 
 

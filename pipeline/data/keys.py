@@ -39,6 +39,8 @@ STRESS_MASK = "stress_mask"  # (n_structures,) bool | True where the structure h
 PER_ATOM_ENERGY = "per_atom_energy"  # (n_atoms,) float | energy of each centre atom, eV (0 off-centre)
 DESCRIPTORS = "descriptors"  # (n_atoms, n_scalar) float | final edge scalars pooled on each centre
 CENTER_MASK = "center_mask"  # (n_atoms,) bool | atoms whose energies were evaluated
+MOE_BALANCE_LOSS = "moe_balance_loss"  # () float | load-balancing loss summed over MoE layers (models with MoE only)
+MOE_LOAD = "moe_load"  # (n_moe_layers, n_species, n_experts) float64 | centre atoms of each species routed to each expert
 
 STRUCTURE_KEYS = (POSITIONS, ATOMIC_NUMBERS, SPECIES, CELL, PBC, BATCH, NUM_ATOMS)
 GRAPH_KEYS = (EDGE_INDEX, EDGE_CELL_SHIFT, R_MAX)

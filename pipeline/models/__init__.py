@@ -28,6 +28,13 @@ from pipeline.models.checkpoint import (
 )
 from pipeline.models.geometry import edge_vectors, evaluate_with_derivatives
 from pipeline.models.mlp import ACTIVATIONS, ScalarMLP, make_mlp
+from pipeline.models.moe import (
+    MergedMoLE,
+    MoEMLP,
+    RoutingContext,
+    merge_moe,
+    parameter_counts,
+)
 from pipeline.models.scale_shift import (
     PerSpeciesScaleShift,
     fit_energy_shifts,
@@ -42,6 +49,9 @@ __all__ = [
     "CheckpointError",
     "ChannelwiseTensorProduct",
     "PerSpeciesScaleShift",
+    "MergedMoLE",
+    "MoEMLP",
+    "RoutingContext",
     "ScalarMLP",
     "build_model",
     "edge_vectors",
@@ -51,6 +61,8 @@ __all__ = [
     "force_rms_scales",
     "load_checkpoint",
     "make_mlp",
+    "merge_moe",
+    "parameter_counts",
     "plan_tensor_track",
     "read_checkpoint",
     "save_checkpoint",

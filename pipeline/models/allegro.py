@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import torch
 from ase.data import atomic_numbers
 
-from pipeline.config import ExpertConfig
+from pipeline.config import ExpertConfig, MoEConfig
 from pipeline.data import keys as K
 from pipeline.models.embedding import (
     TensorEmbedding,
@@ -46,6 +46,7 @@ from pipeline.models.geometry import (
 from pipeline.models.layers import AllegroLayer
 from pipeline.models.layout import EdgeLayout
 from pipeline.models.mlp import make_mlp
+from pipeline.models.moe import RoutingContext, moe_modules, routing_context
 from pipeline.models.radial import BesselBasis, PolynomialEnvelope
 from pipeline.models.scale_shift import PerSpeciesScaleShift
 from pipeline.models.tensor_product import plan_tensor_track
@@ -103,11 +104,13 @@ class AllegroModel(torch.nn.Module):
                 num_species=n_species,
                 next_env=index < c.num_layers - 1,
                 avg_num_neighbors=c.avg_num_neighbors,
+                moe=c.moe,
             )
             for index, (irreps_in, irreps_out) in enumerate(plan)
         )
         self.readout = make_mlp(
-            c.num_scalar_features, 1, hidden=c.readout_mlp_hidden, activation=c.activation, num_species=n_species
+            c.num_scalar_features, 1, hidden=c.readout_mlp_hidden, activation=c.activation, num_species=n_species,
+            moe=c.moe, role="readout",
         )
         self.edge_norm = edge_sum_norm(c.avg_num_neighbors)
         self.scale_shift = PerSpeciesScaleShift(n_species)
@@ -115,6 +118,7 @@ class AllegroModel(torch.nn.Module):
         if bool((numbers < 0).any()):
             raise ValueError(f"unknown chemical symbols in species {list(species)}")
         self.register_buffer("atomic_numbers", numbers, persistent=False)
+        self.moe_layers = tuple(m for _, m in moe_modules(self))  # not submodules: already registered above
 
     @property
     def r_max(self) -> float:
@@ -202,7 +206,12 @@ class AllegroModel(torch.nn.Module):
         if layout.n_edges > 0:
             species_centre = species.index_select(0, edge_index[0])
             species_neighbor = species.index_select(0, edge_index[1])
-            edge_energy, scalars = self.edge_outputs(vectors, species_centre, species_neighbor, layout)
+            if self.moe_layers:
+                ctx = self._routing_context(batch, species, layout, centre_atoms)
+                with routing_context(self.moe_layers, ctx):
+                    edge_energy, scalars = self.edge_outputs(vectors, species_centre, species_neighbor, layout)
+            else:
+                edge_energy, scalars = self.edge_outputs(vectors, species_centre, species_neighbor, layout)
             energy = layout.sum_to_centres(edge_energy.unsqueeze(1)).squeeze(1) * self.edge_norm  # [n_centres]
             descriptors = layout.sum_to_centres(scalars) * self.edge_norm  # [n_centres, F]
         else:
@@ -216,7 +225,37 @@ class AllegroModel(torch.nn.Module):
             full_mask = mask
         else:
             full_mask = torch.ones(n_atoms, dtype=torch.bool, device=pos.device)
-        return {K.PER_ATOM_ENERGY: energy, K.DESCRIPTORS: descriptors, K.CENTER_MASK: full_mask}
+        out = {K.PER_ATOM_ENERGY: energy, K.DESCRIPTORS: descriptors, K.CENTER_MASK: full_mask}
+        if self.moe_layers:
+            out.update(self._routing_outputs(energy))
+        return out
+
+    def _routing_context(
+        self, batch: dict[str, torch.Tensor], species: torch.Tensor, layout: EdgeLayout, centre_atoms: torch.Tensor | None
+    ) -> RoutingContext:
+        """Per-centre species and structure, and each structure's composition (over all its atoms)."""
+        structure = batch[K.BATCH]
+        n_structures = int(batch[K.CELL].shape[0])
+        one_hot = torch.nn.functional.one_hot(species, len(self.species)).to(self.dtype)  # [n_atoms, n_species]
+        counts = one_hot.new_zeros(n_structures, len(self.species)).index_add(0, structure, one_hot)
+        composition = counts / counts.sum(1, keepdim=True).clamp(min=1.0)  # [n_structures, n_species]
+        if centre_atoms is not None:
+            species, structure = species.index_select(0, centre_atoms), structure.index_select(0, centre_atoms)
+        return RoutingContext(centre=layout.centre, n_centres=layout.n_centres, centre_species=species,
+                              centre_structure=structure, composition=composition, edge_norm=float(self.edge_norm))
+
+    def _routing_outputs(self, energy: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Balance loss (sum over MoE layers) and expert load per layer, species and expert."""
+        n_species = len(self.species)
+        balance = energy.new_zeros(())
+        loads = []
+        for m in self.moe_layers:
+            if m.last_balance is not None:
+                balance = balance + m.last_balance
+                m.last_balance = None  # a non-leaf tensor kept on a module would block deepcopy (EMA, merging)
+            loads.append(m.last_load if m.last_load is not None
+                         else torch.zeros(n_species, m.num_experts, dtype=torch.float64))
+        return {K.MOE_BALANCE_LOSS: balance, K.MOE_LOAD: torch.stack(loads)}
 
     def forward(
         self,
@@ -282,9 +321,21 @@ def build_model(
 
 
 def expert_config_from_dict(values: dict) -> ExpertConfig:
-    """:class:`ExpertConfig` from a plain dict (lists become tuples); unknown keys raise."""
+    """:class:`ExpertConfig` from a plain dict (lists become tuples); unknown keys raise.
+
+    A dict without ``moe`` (checkpoints written before MoE layers existed) gets the dense default.
+    """
+    values = dict(values)
     fields = {f.name for f in dataclasses.fields(ExpertConfig)}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(f"unknown expert config keys {unknown}; valid: {sorted(fields)}")
-    return ExpertConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    moe = values.pop("moe", None)
+    if isinstance(moe, dict):
+        moe_fields = {f.name for f in dataclasses.fields(MoEConfig)}
+        unknown = sorted(set(moe) - moe_fields)
+        if unknown:
+            raise ValueError(f"unknown expert config keys moe.{unknown}; valid: {sorted(moe_fields)}")
+        moe = MoEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in moe.items()})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return ExpertConfig(**values, **({"moe": moe} if moe is not None else {}))

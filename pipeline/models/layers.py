@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from e3nn import o3
 
+from pipeline.config import MoEConfig
 from pipeline.models.embedding import FactorisedTensor
 from pipeline.models.layout import EdgeLayout
 from pipeline.models.mlp import make_mlp
@@ -59,6 +60,8 @@ class AllegroLayer(torch.nn.Module):
         Whether to produce environment weights for a following layer.
     avg_num_neighbors : float
         Normalisation of the environment sum.
+    moe : MoEConfig, optional
+        Mixture-of-experts settings (the latent MLP becomes routed if ``"latent"`` is in ``moe.layers``).
 
     Shapes in :meth:`forward`: ``scalars`` ``(n_edges, F)``; ``operator`` (product of the previous
     layers' per-centre maps, ``None`` in the first layer) ``(n_centres, U, first_dim, irreps_in.dim)``;
@@ -82,6 +85,7 @@ class AllegroLayer(torch.nn.Module):
         num_species: int,
         next_env: bool,
         avg_num_neighbors: float,
+        moe: MoEConfig | None = None,
     ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -105,6 +109,8 @@ class AllegroLayer(torch.nn.Module):
             hidden=latent_hidden,
             activation=activation,
             num_species=num_species,
+            moe=moe,
+            role="latent",
         )
         self.env_slices = tuple(self.irreps_env.slices())
 

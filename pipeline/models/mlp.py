@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from pipeline.config import MoEConfig
+
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "silu": torch.nn.SiLU,
     "tanh": torch.nn.Tanh,
@@ -80,6 +82,8 @@ def make_mlp(
     hidden: Sequence[int] = (),
     activation: str = "silu",
     num_species: int,
+    moe: MoEConfig | None = None,
+    role: str | None = None,
 ) -> torch.nn.Module:
     """Build a scalar MLP called as ``mlp(x, species)``; the single place MLPs are made.
 
@@ -94,7 +98,16 @@ def make_mlp(
     num_species : int
         Number of species the routing input may take (used by routed MLPs; the dense MLP
         ignores it).
+    moe : MoEConfig, optional
+        Mixture-of-experts settings of the expert; when enabled and ``role`` is one of
+        ``moe.layers``, a routed :class:`~pipeline.models.moe.MoEMLP` is built instead.
+    role : str, optional
+        Which MLP of the model this is (``latent``, ``readout``, ...).
     """
     if num_species < 1:
         raise ValueError(f"num_species must be >= 1, got {num_species}")
+    if moe is not None and moe.enabled and role in moe.layers:
+        from pipeline.models.moe import MoEMLP  # the MoE module builds on this one
+
+        return MoEMLP(in_dim, out_dim, hidden=hidden, activation=activation, num_species=num_species, moe=moe)
     return ScalarMLP(in_dim, out_dim, hidden=hidden, activation=activation)

@@ -14,7 +14,7 @@ import torch
 from ase import Atoms
 from ase.build import add_adsorbate, bulk, fcc111, molecule
 
-from pipeline.config import ExpertConfig
+from pipeline.config import ExpertConfig, MoEConfig
 from pipeline.data import keys as K
 from pipeline.data.neighbors import collate
 
@@ -38,6 +38,25 @@ def small_config(**overrides) -> ExpertConfig:
     )
     values.update(overrides)
     return ExpertConfig(**values)
+
+
+MOE_VARIANTS: dict[str, MoEConfig] = {
+    "moe_element": MoEConfig(enabled=True, num_experts=3, top_k=2, num_shared=1),
+    "moe_element_noshared": MoEConfig(enabled=True, num_experts=3, top_k=2, num_shared=0),
+    "moe_configuration": MoEConfig(enabled=True, num_experts=3, top_k=2, router="configuration"),
+    "moe_atom": MoEConfig(enabled=True, num_experts=3, top_k=1, router="atom"),
+    "mole_element": MoEConfig(enabled=True, num_experts=3, top_k=2, expert_type="linear"),
+    "mole_configuration": MoEConfig(enabled=True, num_experts=3, top_k=2, router="configuration",
+                                    expert_type="linear", num_shared=0),
+}
+"""Small mixture-of-experts settings (latent MLPs and readout) covering every router and expert type."""
+
+
+def small_moe_config(variant: str, **overrides) -> ExpertConfig:
+    """:func:`small_config` with the MoE layers of :data:`MOE_VARIANTS` ``[variant]`` (``dense``: none)."""
+    if variant == "dense":
+        return small_config(**overrides)
+    return small_config(moe=MOE_VARIANTS[variant], **overrides)
 
 
 def pt_co_slab(

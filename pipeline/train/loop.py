@@ -16,6 +16,9 @@ the loss of :mod:`pipeline.train.losses` (:func:`pipeline.train.pair.batch_terms
 - the batch order is a function of ``(seed, epoch)`` and the state (weights, EMA, optimiser,
   schedule, best-so-far, RNG, metrics) is saved atomically after every epoch, so a run killed at any
   point and resumed from its state ends with the same weights as an uninterrupted run;
+- experts with mixture-of-experts layers add ``train.moe_balance_weight`` times their load-balancing
+  loss to the training loss, and each epoch's metrics row gets ``train_moe_balance`` and the expert
+  load per element and layer (:mod:`pipeline.train.routing`); dense experts change nothing;
 - a non-finite loss stops the run with :class:`NonFiniteLossError` naming the epoch and batch; the
   state of the last completed epoch stays on disk.
 """
@@ -46,6 +49,7 @@ from pipeline.train.ddp import DistInfo, all_reduce_sum, barrier, wrap
 from pipeline.train.losses import LossWeights, weighted_total
 from pipeline.train.metrics import ErrorSums, pair_errors
 from pipeline.train.pair import EXPERTS, ExpertPair, batch_terms
+from pipeline.train.routing import RoutingStats, balance_loss, layer_names
 from pipeline.train.state import capture_rng, load_state, restore_rng, save_state
 
 log = logging.getLogger(__name__)
@@ -247,6 +251,7 @@ def train_pair(
         pair.train()
         term_sums = torch.zeros(len(TERMS), dtype=torch.float64)
         train_errors = ErrorSums()
+        routing, balance_sum = RoutingStats(), 0.0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", unit="batch", leave=False,
                    disable=not (progress and info.is_main), file=sys.stderr, mininterval=2.0)
         for index, global_batch in enumerate(bar):
@@ -257,6 +262,13 @@ def train_pair(
             terms = batch_terms(outputs, batch, extra, stress=stress, mode=cfg.agreement_mode, agreement=agreeing)
             loss, values = weighted_total(terms, weights, global_counts=lambda c: all_reduce_sum(c, info),
                                           world_size=info.world_size)
+            balance = balance_loss({n: outputs[n] for n in EXPERTS})  # None unless an expert has MoE layers
+            if balance is not None:
+                balance_sum += float(balance.detach())
+                if cfg.moe_balance_weight > 0:
+                    loss = loss + cfg.moe_balance_weight * balance
+                for name in EXPERTS:
+                    routing.add(name, outputs[name])
             total = all_reduce_sum(loss.detach().reshape(1).to(torch.float64), info) / info.world_size
             if not torch.isfinite(total).all():
                 raise NonFiniteLossError(
@@ -306,6 +318,10 @@ def train_pair(
                "val_loss": val_loss, **{f"val_{n}": v for n, v in val_terms.items()},
                **train_errors.summary("train"), **val_errors.summary("val"),
                "best_epoch": best["epoch"], "wall_s": wall, "elapsed_s": elapsed}
+        if routing.loads:  # MoE experts only: balance loss and expert load per element and layer
+            row["train_moe_balance"] = balance_sum / len(batches)
+            row.update(routing.columns({n: (layer_names(getattr(pair, n)), getattr(pair, n).species)
+                                        for n in EXPERTS}))
         rows.append(row)
         if info.is_main:
             log.info(_fmt(row))

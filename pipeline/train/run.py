@@ -104,13 +104,24 @@ def prepare_data(cfg: Config, splits: dict[str, list], r_maxes: list[float]) -> 
 
 
 def fingerprint(cfg: Config, pair: str, dataset_sha256: str) -> dict:
-    """What a saved training state must match to be resumed."""
+    """What a saved training state must match to be resumed.
+
+    Dense experts leave out their (disabled) ``moe`` settings and the MoE balance weight, so states
+    saved before MoE layers existed still resume.
+    """
+    models = dataclasses.asdict(cfg.models)
+    train = dataclasses.asdict(pair_train_config(cfg.train, pair))
+    for expert in models.values():
+        if not expert["moe"]["enabled"]:
+            del expert["moe"]
+    if all("moe" not in expert for expert in models.values()):
+        del train["moe_balance_weight"]
     return {
         "pair": pair,
         "seed": cfg.seed,
         "species": list(cfg.species),
-        "models": dataclasses.asdict(cfg.models),
-        "train": dataclasses.asdict(pair_train_config(cfg.train, pair)),
+        "models": models,
+        "train": train,
         "regions": dataclasses.asdict(cfg.regions),
         "dataset_sha256": dataset_sha256,
     }

@@ -51,4 +51,33 @@ def get_final_outputs():
         rules.md_system.output.png,
         *expand(rules.md.output.summary, run=MD_RUNS),
         *expand(rules.md.output.thermo, run=MD_RUNS),
+        *(
+            getattr(rules, name).output[key]
+            for name in ("accuracy", "conservation", "eos", "interface", "speed")
+            for key in ("csv", "md", "png")
+        ),
+        rules.summary.output.summary,
+        *(moe_study_outputs() if CFG.moe_study.enabled else []),  # workflow/rules/moe_study.smk
     ]
+
+
+# --- MoE routing study (workflow/rules/moe_study.smk) ---
+
+
+def moe_emt_label_config():
+    """The label stage's config with the EMT calculator (the study's multi-element set is not DFT)."""
+    values = json.loads(stage_config("sample", "label", "moe_study"))
+    values["label"]["calculator"] = "emt"
+    return json.dumps(values, sort_keys=True)
+
+
+def moe_study_dataset(wildcards):
+    """Input dataset of one study run: the ingest stage's (pt_co) or the EMT set (emt_alloys)."""
+    if wildcards.dataset == "pt_co":
+        return rules.ingest.output.dataset
+    return rules.moe_emt_dataset.output.dataset
+
+
+def moe_study_outputs():
+    """The study's table and figures (the moe_study target; added to rule all when moe_study.enabled)."""
+    return list(rules.moe_study_report.output)
