@@ -1,0 +1,189 @@
+"""Speed of an MD step: full HF, full LF and the mixture at several HF fractions and system sizes.
+
+One MD step's force evaluation is timed as the MD stage runs it: energy and forces through
+:class:`pipeline.md.evaluator.MixtureEvaluator` (the code the LAMMPS callback calls), with its Verlet
+list kept between calls (built during warm-up). The integration itself (LAMMPS, O(N) and cheap) is
+not included. Systems: Pt(111) slabs of ``analysis.speed.layers`` layers with CO on top sites
+(``co_coverage`` per top-layer Pt) of about each ``n_atoms``; the HF atoms of the mixture are the
+``hf_fraction`` of all atoms closest to a CO (rule ``closest_fraction``).
+
+Every case is warmed up, then the cases of one size are timed in turn ``repeats`` times (interleaved,
+so that a change of machine load hits every case alike) and the median is reported. Columns
+(:data:`COLUMNS`): ``steps_per_s`` = 1 / median time, ``atom_steps_per_s`` = n_atoms x steps_per_s,
+``speedup_vs_hf`` = t(full HF) / t(case), and the ideal bound
+
+    ideal_speedup = 1 / (f + (1 - f) c_LF / c_HF),
+
+with f the case's HF fraction and c_HF, c_LF the measured per-atom costs t / n_atoms of full HF and
+full LF at that size.
+
+>>> round(ideal_speedup(0.2, c_hf=1.0, c_lf=0.1), 4)
+3.5714
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from ase import Atoms
+
+from pipeline.analysis._common import (
+    DTYPES,
+    device_label,
+    load_pairs,
+    pyplot,
+    save_figure,
+    write_table,
+)
+from pipeline.config import Config, MDPartitionConfig, MDSystemConfig
+from pipeline.md.evaluator import MixtureEvaluator
+from pipeline.md.partition import EXPERTS, HF, partition_atoms
+from pipeline.md.potential import MixturePotential
+from pipeline.md.stage import resolve_device
+from pipeline.md.system import build_production_cell
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("device", "threads", "precision", "n_atoms", "hf_fraction", "mode", "steps_per_s", "atom_steps_per_s",
+           "speedup_vs_hf", "ideal_speedup", "step_time_ms", "n_hf", "target_hf_fraction", "repeats")
+
+
+def ideal_speedup(f: float, *, c_hf: float, c_lf: float) -> float:
+    """Ideal speedup over full HF of a mixture with HF fraction ``f`` and per-atom costs ``c_hf``, ``c_lf``."""
+    return 1.0 / (f + (1.0 - f) * c_lf / c_hf)
+
+
+def timing_slab(n_atoms: int, *, layers: int, co_coverage: float, lattice_constant_a: float) -> Atoms:
+    """A Pt(111) slab with CO on top sites of about ``n_atoms`` atoms (square n x n surface cell)."""
+    n = max(2, round(math.sqrt(n_atoms / layers)))
+    n_co = max(1, round(co_coverage * n * n))
+    return build_production_cell(MDSystemConfig(surface_size=(n, n), layers=layers, n_co=n_co,
+                                                lattice_constant_a=lattice_constant_a))
+
+
+def time_cases(evaluators: Mapping[str, tuple[MixtureEvaluator, Atoms]], *, repeats: int, warmup: int) -> dict[str, float]:
+    """Median wall time (s) of one energy + forces evaluation per case (interleaved repeats)."""
+    def once(evaluator: MixtureEvaluator, atoms: Atoms) -> float:
+        sync = evaluator.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(evaluator.device)
+        start = time.perf_counter()
+        evaluator(atoms.positions, atoms.cell.array, atoms.pbc)
+        if sync:
+            torch.cuda.synchronize(evaluator.device)
+        return time.perf_counter() - start
+
+    for evaluator, atoms in evaluators.values():
+        for _ in range(max(warmup, 1)):  # at least one: builds the Verlet list
+            once(evaluator, atoms)
+    samples: dict[str, list[float]] = {name: [] for name in evaluators}
+    for _ in range(repeats):
+        for name, (evaluator, atoms) in evaluators.items():
+            samples[name].append(once(evaluator, atoms))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def speed_rows(cfg: Config, experts: Mapping[str, torch.nn.Module], n_atoms: int, device: torch.device) -> list[dict]:
+    """Rows of one system size: full HF, full LF, and the mixture at each HF fraction."""
+    s = cfg.analysis.speed
+    atoms = timing_slab(n_atoms, layers=s.layers, co_coverage=s.co_coverage,
+                        lattice_constant_a=cfg.analysis.lattice_constant_a)
+    n = len(atoms)
+    cases: dict[str, tuple[MixtureEvaluator, Atoms]] = {}
+    meta: dict[str, tuple[str, float, int]] = {}  # name -> (mode, target fraction, n_hf)
+    skin = cfg.md.neighbor_skin_a
+    for name in EXPERTS:
+        potential = MixturePotential([experts[name]], names=(name,))
+        cases[name] = (MixtureEvaluator(potential, numbers=atoms.numbers, expert=np.zeros(n, dtype=np.int64),
+                                        skin=skin, device=device), atoms)
+        meta[name] = (name, 1.0 if name == "hf" else 0.0, n if name == "hf" else 0)
+    mixture = MixturePotential([experts["hf"], experts["lf"]], names=EXPERTS)
+    for f in s.hf_fractions:
+        expert = partition_atoms(atoms, MDPartitionConfig(rule="closest_fraction", hf_fraction=float(f)), cfg.regions)
+        key = f"moe_{f:g}"
+        cases[key] = (MixtureEvaluator(mixture, numbers=atoms.numbers, expert=expert, skin=skin, device=device), atoms)
+        meta[key] = ("moe", float(f), int(np.sum(expert == HF)))
+    seconds = time_cases(cases, repeats=s.repeats, warmup=s.warmup)
+    c_hf, c_lf = seconds["hf"] / n, seconds["lf"] / n
+    rows = []
+    for key, t in seconds.items():
+        mode, target, n_hf = meta[key]
+        frac = n_hf / n
+        rows.append({
+            "device": device_label(device), "threads": torch.get_num_threads() if device.type == "cpu" else np.nan,
+            "precision": s.dtype, "n_atoms": n, "hf_fraction": frac, "mode": mode, "steps_per_s": 1.0 / t,
+            "atom_steps_per_s": n / t, "speedup_vs_hf": seconds["hf"] / t,
+            "ideal_speedup": ideal_speedup(frac, c_hf=c_hf, c_lf=c_lf), "step_time_ms": 1000.0 * t, "n_hf": n_hf,
+            "target_hf_fraction": target, "repeats": s.repeats,
+        })
+        log.info("speed: %d atoms, %s (HF fraction %.3f): %.1f ms per step", n, mode, frac, 1000.0 * t)
+    return rows
+
+
+def speed_table(cfg: Config, *, hf: str | Path, lf: str | Path) -> pd.DataFrame:
+    """The speed table (:data:`COLUMNS`) for the experts saved at ``hf`` and ``lf``.
+
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``analysis.speed``, ``analysis.lattice_constant_a``, ``md.neighbor_skin_a``, ``regions``,
+        ``species``, ``device``, ``torch_threads``.
+    hf, lf : paths of the expert checkpoints
+    """
+    torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    experts = load_pairs({"timed": {"hf": hf, "lf": lf}}, species=cfg.species, dtype=DTYPES[cfg.analysis.speed.dtype],
+                         device=device)["timed"]
+    rows = []
+    for n_atoms in cfg.analysis.speed.n_atoms:
+        rows += speed_rows(cfg, experts, n_atoms, device)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def plot_speed(table: pd.DataFrame, png: str | Path) -> None:
+    """Measured and ideal speedup over full HF against the HF fraction (left); atom-steps/s per mode and
+    size (right)."""
+    plt = pyplot()
+    fig, (ax_s, ax_r) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for n, rows in table.groupby("n_atoms"):
+        rows = rows.sort_values("hf_fraction")
+        (line,) = ax_s.plot(rows["hf_fraction"], rows["speedup_vs_hf"], "o-", label=f"{n} atoms: measured")
+        ax_s.plot(rows["hf_fraction"], rows["ideal_speedup"], "--", color=line.get_color(), label=f"{n} atoms: ideal")
+        ax_r.plot(rows["hf_fraction"], rows["atom_steps_per_s"], "o-", color=line.get_color(), label=f"{n} atoms")
+    ax_s.axhline(1.0, color="grey", lw=0.6)
+    ax_s.set_xlabel("HF fraction f (0 = full LF, 1 = full HF)")
+    ax_s.set_ylabel("speedup over full HF")
+    ax_s.set_title("MoE speedup; ideal 1 / (f + (1 - f) c_LF / c_HF)")
+    ax_s.legend(fontsize=7)
+    ax_r.set_yscale("log")
+    ax_r.set_xlabel("HF fraction f")
+    ax_r.set_ylabel("throughput (atom-steps/s)")
+    first = table.iloc[0]
+    ax_r.set_title(f"{first['device']}, {first['precision']}, threads {first['threads']}")
+    ax_r.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, png)
+
+
+def write_speed(table: pd.DataFrame, *, csv: str | Path, md: str | Path, png: str | Path) -> None:
+    """Write the speed table (CSV + Markdown) and the plot."""
+    first = table.iloc[0]
+    notes = [
+        (f"Device {first['device']}, torch threads {first['threads']}, precision {first['precision']}, one process. "
+        "One step = energy + forces of the whole system through the MD stage's mixture evaluator (Verlet list "
+        "kept; integration not included); median of "
+        f"{first['repeats']} interleaved repeats after warm-up. hf_fraction: the actual HF fraction (1 = full HF, "
+        "0 = full LF); speedup_vs_hf = t(full HF) / t; ideal_speedup = 1 / (f + (1 - f) c_LF / c_HF) from the "
+        "measured per-atom costs of full HF and full LF at the same size."),
+        "On a shared CPU the timings vary with the machine's load; compare rows of one run.",
+    ]
+    write_table(table, csv=csv, md=md, title="Speed of the mixture of experts", notes=notes, floatfmt=".4g")
+    plot_speed(table, png)

@@ -1,0 +1,188 @@
+"""One-page summary: the headline numbers of the analysis tables beside the paper's claims.
+
+Reads the tables written by the other analyses (CSV; any may be missing, and its line then says so)
+and writes a Markdown page with one row per claim of the multi-fidelity MoE paper: energy
+conservation, EOS agreement of the experts, accuracy of the mixture against full HF, interface forces
+(co-trained against independent), the co-training disagreement, and the speedup over full HF. Each row
+states the criterion used for its verdict; the numbers are computed here from the tables, never typed
+in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.analysis._common import write_atomic
+
+# The paper's claims (qualitative, from the multi-fidelity MoE paper; see DESIGN.md section 1).
+CLAIMS = {
+    "conservation": "Exact energy conservation in NVE for the mixture (drift at the level of a single model)",
+    "eos": "Co-trained experts give matching bulk EOS (V0) and bulk modulus B0",
+    "accuracy": "Mixture accuracy close to a full-HF simulation",
+    "interface": "Co-training removes the spurious forces at the HF/LF interface",
+    "cotraining": "Co-training makes HF and LF agree on bulk Pt environments",
+    "speed": "More than 2x speed over full HF",
+}
+
+
+def _read(path: str | Path | None) -> pd.DataFrame | None:
+    if path is None or not Path(path).exists():
+        return None
+    return pd.read_csv(path)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "no")
+
+
+def conservation_line(table: pd.DataFrame) -> tuple[str, bool | None]:
+    """Drift of each run; verdict: every MoE drift within 3 standard errors of zero or no larger in magnitude
+    than the full-HF drift plus 3 of its standard errors."""
+    t = table.set_index("run")
+    parts = [f"{run}: {r['drift_mev_atom_ps']:+.3g} +- {r['drift_stderr_mev_atom_ps']:.2g} meV/atom/ps "
+             f"({r['precision']}, {r['length_ps']:.3g} ps)" for run, r in t.iterrows()]
+    moe = [run for run in t.index if str(run).startswith("moe")]
+    if not moe:
+        return "; ".join(parts), None
+    bound = np.inf
+    if "hf" in t.index:
+        bound = abs(t.loc["hf", "drift_mev_atom_ps"]) + 3 * t.loc["hf", "drift_stderr_mev_atom_ps"]
+    ok = all(abs(t.loc[r, "drift_mev_atom_ps"]) <= max(3 * t.loc[r, "drift_stderr_mev_atom_ps"], bound) for r in moe)
+    return "; ".join(parts) + ". Criterion: each MoE |drift| <= max(3 stderr, |full-HF drift| + 3 stderr).", ok
+
+
+def eos_line(table: pd.DataFrame) -> tuple[str, bool | None]:
+    """V0 and B0 of the LF experts and mixtures relative to HF; verdict: the co-trained LF is at least as
+    close to HF in B0 as the independent LF."""
+    t = table.set_index("model")
+    parts = []
+    for model in ("dft", "pbe_reference"):
+        if model in t.index:
+            parts.append(f"{model}: V0 {t.loc[model, 'v0_a3_atom']:.3f} A^3/atom, B0 {t.loc[model, 'b0_gpa']:.0f} GPa")
+    parts.append(f"hf: V0 {t.loc['hf', 'v0_a3_atom']:.3f}, B0 {t.loc['hf', 'b0_gpa']:.0f} GPa")
+    for model in t.index:
+        if str(model).startswith(("lf_", "moe_")):
+            parts.append(f"{model}: dV0 {t.loc[model, 'dv0_vs_hf_percent']:+.2f} %, "
+                         f"dB0 {t.loc[model, 'db0_vs_hf_percent']:+.1f} % vs hf")
+    ok = None
+    needed = ["hf", "lf_cotrained", "lf_independent"]
+    if set(needed) <= set(t.index):
+        if "fit_ok" in t.columns and not t.loc[needed, "fit_ok"].astype(bool).all():
+            bad = [m for m in needed if not bool(t.loc[m, "fit_ok"])]
+            parts.append(f"no verdict: the fits of {', '.join(bad)} failed or have V0 outside the sampled volumes")
+        else:
+            ok = bool(abs(t.loc["lf_cotrained", "db0_vs_hf_percent"]) <= abs(t.loc["lf_independent", "db0_vs_hf_percent"]))
+    return "; ".join(parts) + ". Criterion: |dB0(lf_cotrained)| <= |dB0(lf_independent)|.", ok
+
+
+def accuracy_line(table: pd.DataFrame) -> tuple[str, bool | None]:
+    """Force MAE of the mixtures against full HF (all test atoms, and the CO neighbourhood); verdict: the
+    co-trained mixture's force MAE on all atoms within 1.5x of full HF's."""
+    t = table[table["family"] == "all"].set_index(["model", "region"])
+    parts = []
+    for model in ("hf", "moe_cotrained", "moe_independent", "lf_cotrained"):
+        cells = [f"{region} {t.loc[(model, region), 'force_mae_mev_a']:.1f}" for region in
+                 ("all", "bulk", "co_neighbourhood", "adsorbate") if (model, region) in t.index]
+        if cells:
+            energy = t.loc[(model, "all"), "energy_mae_mev_atom"] if (model, "all") in t.index else np.nan
+            parts.append(f"{model}: energy MAE {energy:.1f} meV/atom, force MAE (meV/A) " + ", ".join(cells))
+    ok = None
+    if ("hf", "all") in t.index and ("moe_cotrained", "all") in t.index:
+        ratio = t.loc[("moe_cotrained", "all"), "force_mae_mev_a"] / t.loc[("hf", "all"), "force_mae_mev_a"]
+        parts.append(f"moe_cotrained / hf force MAE = {ratio:.2f}")
+        ok = bool(ratio <= 1.5)
+    note = " (lf_* on C/O and surface atoms is extrapolation: trained on bulk atoms only)" if \
+        table["outside_training_data"].any() else ""
+    return "; ".join(parts) + note + ". Criterion: moe_cotrained force MAE <= 1.5x full HF's.", ok
+
+
+def interface_line(table: pd.DataFrame) -> tuple[str, bool | None]:
+    """Interface forces per pair and lattice; verdict: co-trained max force in the perfect crystal below the
+    independent pair's."""
+    t = table.set_index(["pair", "lattice"])
+    parts = [f"{pair} {lattice}: max {r['max_force_mev_a']:.1f}, RMS {r['rms_force_mev_a']:.1f} meV/A"
+             for (pair, lattice), r in t.iterrows()]
+    ok = None
+    if ("cotrained", "perfect") in t.index and ("independent", "perfect") in t.index:
+        co, ind = t.loc[("cotrained", "perfect"), "max_force_mev_a"], t.loc[("independent", "perfect"), "max_force_mev_a"]
+        parts.append(f"reduction in the perfect crystal: {ind / co:.1f}x" if co > 0 else "co-trained: zero")
+        ok = bool(co < ind)
+    return "; ".join(parts) + ". Criterion: co-trained < independent (perfect crystal, max).", ok
+
+
+def cotraining_line(table: pd.DataFrame) -> tuple[str, bool | None]:
+    """Bulk HF-LF disagreement per pair; verdict: lower for the co-trained pair (energy and force)."""
+    t = table.set_index("pair")
+    parts = [f"{pair}: {r['bulk_energy_disagreement_mev_atom']:.2f} meV/atom, {r['bulk_force_disagreement_mev_a']:.1f} meV/A"
+             for pair, r in t.iterrows()]
+    ok = None
+    if {"cotrained", "independent"} <= set(t.index):
+        co, ind = t.loc["cotrained"], t.loc["independent"]
+        ok = bool(co["bulk_energy_disagreement_mev_atom"] < ind["bulk_energy_disagreement_mev_atom"]
+                  and co["bulk_force_disagreement_mev_a"] < ind["bulk_force_disagreement_mev_a"])
+    return "RMS HF-LF disagreement on bulk test atoms, " + "; ".join(parts) + \
+        ". Criterion: co-trained lower in both.", ok
+
+
+def speed_line(table: pd.DataFrame) -> tuple[str, bool | None]:
+    """Speedup of the mixture at the HF fraction closest to 0.2 at each size, with the ideal bound; verdict:
+    > 2x at the largest size."""
+    moe = table[table["mode"] == "moe"]
+    parts = []
+    ok = None
+    for n, rows in moe.groupby("n_atoms"):
+        row = rows.iloc[int(np.argmin(np.abs(rows["hf_fraction"].to_numpy() - 0.2)))]
+        lf = table[(table["n_atoms"] == n) & (table["mode"] == "lf")]
+        ratio = f", c_HF/c_LF {lf['speedup_vs_hf'].iloc[0]:.1f}" if len(lf) else ""
+        parts.append(f"{n} atoms, f = {row['hf_fraction']:.2f}: {row['speedup_vs_hf']:.2f}x (ideal "
+                     f"{row['ideal_speedup']:.2f}x{ratio})")
+        ok = bool(row["speedup_vs_hf"] > 2.0)  # the last (largest) size decides
+    first = table.iloc[0]
+    return (f"{first['device']}, {first['precision']}, {first['threads']} thread(s): " + "; ".join(parts)
+            + ". Criterion: > 2x at f ~ 0.2 on the largest system."), ok
+
+
+LINES = {
+    "conservation": conservation_line,
+    "eos": eos_line,
+    "accuracy": accuracy_line,
+    "interface": interface_line,
+    "cotraining": cotraining_line,
+    "speed": speed_line,
+}
+
+
+def summary_page(tables: Mapping[str, str | Path | None], *, notes: list[str] | None = None) -> str:
+    """The summary page (Markdown) from the table CSVs named by ``tables`` (keys of :data:`LINES`)."""
+    rows = []
+    for key, line in LINES.items():
+        table = _read(tables.get(key))
+        if table is None or table.empty:
+            rows.append({"result": key, "paper's claim": CLAIMS[key], "this run": "table not computed", "agrees": "n/a"})
+            continue
+        text, ok = line(table)
+        rows.append({"result": key, "paper's claim": CLAIMS[key], "this run": text, "agrees": _verdict(ok)})
+    page = [
+        "# Summary: multi-fidelity MoE Allegro potential for Pt(111)+CO against the paper's claims",
+        "",
+        ("Numbers from results/tables/*.csv of this run (energies in meV/atom, forces in meV/A, B0 in GPa). "
+        "'agrees' applies the criterion stated in each row; it is a reading of this run's numbers, not a "
+        "statistical test."),
+        "",
+        pd.DataFrame(rows).to_markdown(index=False),
+        "",
+        *[line for note in (notes or []) for line in (f"- {note}",)],
+        "",
+    ]
+    return "\n".join(page)
+
+
+def write_summary(tables: Mapping[str, str | Path | None], path: str | Path, *, notes: list[str] | None = None) -> str:
+    """Write :func:`summary_page` to ``path`` (atomically); returns the text."""
+    text = summary_page(tables, notes=notes)
+    write_atomic(path, lambda p: p.write_text(text))
+    return text

@@ -1,0 +1,56 @@
+"""Summary page: verdicts computed from synthetic tables; missing tables are reported, not invented."""
+
+import pandas as pd
+
+from pipeline.analysis.summary import summary_page, write_summary
+
+
+def _tables(tmp_path, *, speedup):
+    pd.DataFrame({"run": ["hf", "moe_cotrained"], "precision": "float64", "length_ps": 2.0,
+                  "drift_mev_atom_ps": [0.01, 0.012], "drift_stderr_mev_atom_ps": [0.005, 0.005]}
+                 ).to_csv(tmp_path / "conservation.csv", index=False)
+    pd.DataFrame({"model": ["dft", "pbe_reference", "hf", "lf_independent", "lf_cotrained"],
+                  "v0_a3_atom": [15.7, 15.64, 15.6, 15.9, 15.62], "b0_gpa": [250, 248.7, 245, 200, 240],
+                  "dv0_vs_hf_percent": [0.6, 0.3, 0.0, 1.9, 0.1], "db0_vs_hf_percent": [2.0, 1.5, 0.0, -18.0, -2.0]}
+                 ).to_csv(tmp_path / "eos.csv", index=False)
+    pd.DataFrame({"model": ["hf", "moe_cotrained"], "region": "all", "family": "all",
+                  "energy_mae_mev_atom": [2.0, 2.5], "force_mae_mev_a": [50.0, 60.0], "outside_training_data": False}
+                 ).to_csv(tmp_path / "accuracy.csv", index=False)
+    pd.DataFrame({"pair": ["independent", "cotrained"], "lattice": "perfect", "max_force_mev_a": [80.0, 8.0],
+                  "rms_force_mev_a": [40.0, 4.0]}).to_csv(tmp_path / "interface.csv", index=False)
+    pd.DataFrame({"device": "cpu", "threads": 1, "precision": "float64", "n_atoms": 2000,
+                  "hf_fraction": [1.0, 0.0, 0.2], "mode": ["hf", "lf", "moe"], "speedup_vs_hf": [1.0, 6.0, speedup],
+                  "ideal_speedup": [1.0, 6.0, 3.0]}).to_csv(tmp_path / "speed.csv", index=False)
+    return {name: tmp_path / f"{name}.csv" for name in ("conservation", "eos", "accuracy", "interface", "speed")}
+
+
+def _verdicts(page):
+    rows = [line.split("|") for line in page.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    return {cells[1].strip(): cells[-2].strip() for cells in rows}
+
+
+def test_verdicts_follow_the_numbers(tmp_path):
+    page = summary_page(_tables(tmp_path, speedup=2.6))
+    verdicts = _verdicts(page)
+    assert verdicts == {"conservation": "yes", "eos": "yes", "accuracy": "yes", "interface": "yes",
+                        "cotraining": "n/a", "speed": "yes"}
+    assert "table not computed" in page  # the co-training table was not given
+    assert "10.0x" in page  # interface reduction 80 / 8
+
+
+def test_no_eos_verdict_from_an_extrapolated_fit(tmp_path):
+    tables = _tables(tmp_path, speedup=2.6)
+    eos = pd.read_csv(tables["eos"])
+    eos["fit_ok"] = [True, True, False, True, True]
+    eos.to_csv(tables["eos"], index=False)
+    page = summary_page(tables)
+    assert _verdicts(page)["eos"] == "n/a"
+    assert "fits of hf failed" in page
+
+
+def test_a_slow_mixture_is_reported_as_such(tmp_path):
+    path = tmp_path / "summary.md"
+    text = write_summary(_tables(tmp_path, speedup=1.4), path, notes=["a note"])
+    assert _verdicts(text)["speed"] == "no"
+    assert path.read_text() == text
+    assert "- a note" in text
