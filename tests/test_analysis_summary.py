@@ -45,7 +45,7 @@ def test_no_eos_verdict_from_an_extrapolated_fit(tmp_path):
     eos.to_csv(tables["eos"], index=False)
     page = summary_page(tables)
     assert _verdicts(page)["eos"] == "n/a"
-    assert "fits of hf failed" in page
+    assert "no verdict for cotrained" in page and "no verdict for independent" in page
 
 
 def test_a_slow_mixture_is_reported_as_such(tmp_path):
@@ -54,3 +54,18 @@ def test_a_slow_mixture_is_reported_as_such(tmp_path):
     assert _verdicts(text)["speed"] == "no"
     assert path.read_text() == text
     assert "- a note" in text
+
+
+def test_eos_verdict_compares_each_lf_with_its_own_pairs_hf(tmp_path):
+    tables = _tables(tmp_path, speedup=2.6)
+    # the co-trained pair moved together away from the reference HF: consistent within the pair
+    eos = pd.DataFrame({"model": ["dft", "hf", "hf_cotrained", "lf_independent", "lf_cotrained"],
+                        "v0_a3_atom": [15.6, 15.5, 15.4, 15.4, 15.45], "b0_gpa": [285.0, 340.0, 250.0, 400.0, 252.0]})
+    eos.to_csv(tables["eos"], index=False)
+    page = summary_page(tables)
+    assert _verdicts(page)["eos"] == "yes"
+    assert "cotrained pair LF vs its HF: dV0 +0.32 %, |dB0| 0.8 %" in page
+    assert "independent pair LF vs its HF: dV0 -0.65 %, |dB0| 17.6 %" in page
+    eos["b0_gpa"] = [285.0, 340.0, 250.0, 345.0, 300.0]  # now the co-trained LF is the worse match
+    eos.to_csv(tables["eos"], index=False)
+    assert _verdicts(summary_page(tables))["eos"] == "no"

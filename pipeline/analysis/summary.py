@@ -55,28 +55,38 @@ def conservation_line(table: pd.DataFrame) -> tuple[str, bool | None]:
     return "; ".join(parts) + ". Criterion: each MoE |drift| <= max(3 stderr, |full-HF drift| + 3 stderr).", ok
 
 
+def _pair_hf(index: pd.Index, pair: str) -> str:
+    """The EOS row of ``pair``'s HF expert: ``hf_<pair>``, or ``hf`` for the reference pair."""
+    return f"hf_{pair}" if f"hf_{pair}" in index else "hf"
+
+
 def eos_line(table: pd.DataFrame) -> tuple[str, bool | None]:
-    """V0 and B0 of the LF experts and mixtures relative to HF; verdict: the co-trained LF is at least as
-    close to HF in B0 as the independent LF."""
+    """V0 and B0 of every model, and the LF-HF mismatch *within* each pair (LF against its own pair's HF);
+    verdict: the co-trained pair's |B0(LF) / B0(HF) - 1| is no larger than the independent pair's."""
     t = table.set_index("model")
     parts = []
     for model in ("dft", "pbe_reference"):
         if model in t.index:
             parts.append(f"{model}: V0 {t.loc[model, 'v0_a3_atom']:.3f} A^3/atom, B0 {t.loc[model, 'b0_gpa']:.0f} GPa")
-    parts.append(f"hf: V0 {t.loc['hf', 'v0_a3_atom']:.3f}, B0 {t.loc['hf', 'b0_gpa']:.0f} GPa")
     for model in t.index:
-        if str(model).startswith(("lf_", "moe_")):
-            parts.append(f"{model}: dV0 {t.loc[model, 'dv0_vs_hf_percent']:+.2f} %, "
-                         f"dB0 {t.loc[model, 'db0_vs_hf_percent']:+.1f} % vs hf")
+        if str(model).startswith(("hf", "lf_", "moe_")):
+            parts.append(f"{model}: V0 {t.loc[model, 'v0_a3_atom']:.3f}, B0 {t.loc[model, 'b0_gpa']:.0f} GPa")
+    mismatch: dict[str, float] = {}
+    for pair in ("cotrained", "independent"):
+        hf, lf = _pair_hf(t.index, pair), f"lf_{pair}"
+        if hf not in t.index or lf not in t.index:
+            continue
+        if "fit_ok" in t.columns and not (bool(t.loc[hf, "fit_ok"]) and bool(t.loc[lf, "fit_ok"])):
+            parts.append(f"no verdict for {pair}: a fit failed or has V0 outside the sampled volumes")
+            continue
+        mismatch[pair] = abs(t.loc[lf, "b0_gpa"] / t.loc[hf, "b0_gpa"] - 1.0) * 100.0
+        dv0 = (t.loc[lf, "v0_a3_atom"] / t.loc[hf, "v0_a3_atom"] - 1.0) * 100.0
+        parts.append(f"{pair} pair LF vs its HF: dV0 {dv0:+.2f} %, |dB0| {mismatch[pair]:.1f} %")
     ok = None
-    needed = ["hf", "lf_cotrained", "lf_independent"]
-    if set(needed) <= set(t.index):
-        if "fit_ok" in t.columns and not t.loc[needed, "fit_ok"].astype(bool).all():
-            bad = [m for m in needed if not bool(t.loc[m, "fit_ok"])]
-            parts.append(f"no verdict: the fits of {', '.join(bad)} failed or have V0 outside the sampled volumes")
-        else:
-            ok = bool(abs(t.loc["lf_cotrained", "db0_vs_hf_percent"]) <= abs(t.loc["lf_independent", "db0_vs_hf_percent"]))
-    return "; ".join(parts) + ". Criterion: |dB0(lf_cotrained)| <= |dB0(lf_independent)|.", ok
+    if set(mismatch) == {"cotrained", "independent"}:
+        ok = bool(mismatch["cotrained"] <= mismatch["independent"])
+    return "; ".join(parts) + (". Criterion: within-pair |B0(LF)/B0(HF) - 1| of the co-trained pair <= the "
+                               "independent pair's."), ok
 
 
 def accuracy_line(table: pd.DataFrame) -> tuple[str, bool | None]:
