@@ -270,7 +270,7 @@ class TrainConfig:
 class MDSystemConfig:
     """The production cell: Pt(111) slab with CO on top sites (``md.system:``). Lengths in A."""
 
-    surface_size: tuple[int, ...] = (5, 5)
+    surface_size: tuple[int, ...] = (6, 6)
     layers: int = 6
     lattice_constant_a: float = 3.97
     vacuum_a: float = 10.0
