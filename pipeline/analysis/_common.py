@@ -7,9 +7,7 @@ Figures are matplotlib PNGs (Agg backend), written the same way.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import pandas as pd
 import torch
 from ase import Atoms
 
+from pipeline.atomic import write_atomic
 from pipeline.data.neighbors import collate
 from pipeline.md.partition import EXPERTS
 from pipeline.md.potential import MixturePotential
@@ -24,23 +23,6 @@ from pipeline.models import AllegroModel, load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PAIRS = ("independent", "cotrained")
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_table(

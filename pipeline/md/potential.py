@@ -40,22 +40,9 @@ import torch
 
 from pipeline.data import keys as K
 from pipeline.models import AllegroModel, edge_vectors, evaluate_with_derivatives
+from pipeline.models.geometry import centre_mask
 
 EdgeSplit = list[tuple[torch.Tensor, torch.Tensor]]  # per expert: (edge_index (2, E_k), shifts (E_k, 3))
-
-
-def _subset_mask(centers: torch.Tensor | Sequence[int] | None, n_atoms: int, device: torch.device) -> torch.Tensor | None:
-    """Boolean ``(n_atoms,)`` mask from a mask or an index list (``None`` = every atom)."""
-    if centers is None:
-        return None
-    centers = torch.as_tensor(centers, device=device)
-    if centers.dtype == torch.bool:
-        if centers.shape != (n_atoms,):
-            raise ValueError(f"a boolean centre mask must have shape ({n_atoms},), got {tuple(centers.shape)}")
-        return centers
-    mask = torch.zeros(n_atoms, dtype=torch.bool, device=device)
-    mask[centers.long()] = True
-    return mask
 
 
 class MixturePotential(torch.nn.Module):
@@ -181,7 +168,7 @@ class MixturePotential(torch.nn.Module):
         pos = batch[K.POSITIONS].to(self.dtype) if positions is None else positions
         n_atoms = pos.shape[0]
         expert = self.check_expert(expert, n_atoms).to(pos.device)
-        subset = _subset_mask(centers, n_atoms, pos.device)
+        subset = centre_mask(centers, n_atoms, pos.device)
         if split is None:
             split, _ = self.split_edges(batch, expert, pos)
         width = max(m.config.num_scalar_features for m in self.experts)

@@ -14,10 +14,8 @@ checkpoint whose species or cutoff differ from what the caller expects.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import platform
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import e3nn
 import torch
 
 import pipeline
+from pipeline.atomic import write_atomic
 from pipeline.errors import PipelineInputError
 from pipeline.models.allegro import AllegroModel, build_model, expert_config_from_dict
 
@@ -67,17 +66,7 @@ def save_checkpoint(path: str | Path, model: AllegroModel, *, metadata: dict[str
         "versions": package_versions(),
         "metadata": dict(metadata or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

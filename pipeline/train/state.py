@@ -23,13 +23,12 @@ silent restart).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.atomic import write_atomic
 from pipeline.errors import PipelineInputError
 from pipeline.models.checkpoint import package_versions
 
@@ -81,17 +80,7 @@ def save_state(path: str | Path, payload: dict[str, Any]) -> None:
     missing = [k for k in _REQUIRED if k not in full]
     if missing:
         raise ValueError(f"training state lacks {missing}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(full, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(full, tmp))
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
