@@ -40,7 +40,7 @@ def _layers(atoms):
 
 def test_default_production_cell_is_a_six_layer_slab_with_spread_co(cell):
     symbols = np.array(cell.get_chemical_symbols())
-    assert (symbols == "Pt").sum() == 150 and (symbols == "C").sum() == 4 and (symbols == "O").sum() == 4
+    assert (symbols == "Pt").sum() == 216 and (symbols == "C").sum() == 4 and (symbols == "O").sum() == 4
     assert _layers(cell).max() + 1 == 6
     assert cell.pbc.tolist() == [True, True, False]
     carbons = cell.positions[symbols == "C"]
