@@ -69,3 +69,13 @@ def test_eos_verdict_compares_each_lf_with_its_own_pairs_hf(tmp_path):
     eos["b0_gpa"] = [285.0, 340.0, 250.0, 345.0, 300.0]  # now the co-trained LF is the worse match
     eos.to_csv(tables["eos"], index=False)
     assert _verdicts(summary_page(tables))["eos"] == "no"
+
+
+def test_accuracy_verdict_needs_both_energy_and_forces_close_to_full_hf(tmp_path):
+    tables = _tables(tmp_path, speedup=2.6)
+    pd.DataFrame({"model": ["hf", "moe_cotrained"], "region": "all", "family": "all",
+                  "energy_mae_mev_atom": [16.0, 58.0], "force_mae_mev_a": [125.0, 123.0], "outside_training_data": False}
+                 ).to_csv(tables["accuracy"], index=False)
+    page = summary_page(tables)
+    assert _verdicts(page)["accuracy"] == "no"
+    assert "energy MAE = 3.62, force MAE = 0.98" in page
