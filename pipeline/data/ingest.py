@@ -25,10 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import pandas as pd
 from ase import Atoms
 
 import pipeline
+from pipeline.atomic import write_atomic
 from pipeline.config import Config
 from pipeline.data.canonical import (
     ENERGY_CONVENTION,
@@ -250,22 +250,6 @@ def ingest(cfg: Config, paths: Sequence[str | Path] | None = None, *,
 # ---------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    Readers never see a half-written file; on error the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -298,12 +282,12 @@ def write_ingest_outputs(
     stats_md: str | Path,
 ) -> None:
     """Write the dataset (extxyz), manifest (JSON), rejected frames (CSV) and statistics (CSV, Markdown)."""
-    atomic_write(dataset, lambda tmp: ase.io.write(tmp, result.frames, format="extxyz"))
+    write_atomic(dataset, lambda tmp: ase.io.write(tmp, result.frames, format="extxyz"))
     rejected_table = pd.DataFrame([r.as_dict() for r in result.rejected], columns=list(REJECTED_COLUMNS))
-    atomic_write(rejected, lambda tmp: rejected_table.to_csv(tmp, index=False))
-    atomic_write(stats_csv, lambda tmp: result.stats.to_csv(tmp, index=False))
-    atomic_write(stats_md, lambda tmp: tmp.write_text(stats_markdown(result)))
+    write_atomic(rejected, lambda tmp: rejected_table.to_csv(tmp, index=False))
+    write_atomic(stats_csv, lambda tmp: result.stats.to_csv(tmp, index=False))
+    write_atomic(stats_md, lambda tmp: tmp.write_text(stats_markdown(result)))
     text = json.dumps(result.manifest, indent=2, sort_keys=False, default=_json_default) + "\n"
-    atomic_write(manifest, lambda tmp: tmp.write_text(text))
+    write_atomic(manifest, lambda tmp: tmp.write_text(text))
     log.info("wrote %s (%d frames), %s, %s, %s, %s", dataset, len(result.frames), manifest, rejected,
              stats_csv, stats_md)

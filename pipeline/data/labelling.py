@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -39,6 +38,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from tqdm import tqdm
 
+from pipeline.atomic import write_atomic
 from pipeline.config import Config, LabelConfig
 
 log = logging.getLogger(__name__)
@@ -222,18 +222,6 @@ def compute_labels(atoms: Atoms, cfg: LabelConfig, txt: Path, *, damped: bool = 
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_write_frame(path: Path, atoms: Atoms) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp, atoms, format="extxyz")
-    os.replace(tmp, path)
-
-
 def _labelled_frame(atoms: Atoms, cfg: LabelConfig, result: dict, *, wall_s: float, attempts: int) -> Atoms:
     out = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     out.info.update(atoms.info)
@@ -285,7 +273,7 @@ def label_one(atoms: Atoms, cfg: LabelConfig, *, cache_dir: Path, log_dir: Path)
             log.warning("structure %s: %s", sid, reasons[-1])
             continue
         frame = _labelled_frame(atoms, cfg, result, wall_s=time.perf_counter() - t0, attempts=attempt)
-        _atomic_write_frame(done, frame)
+        write_atomic(done, lambda tmp: write(tmp, frame, format="extxyz"))
         # return what the cache holds, so fresh and resumed runs give identical frames
         return read(done, format="extxyz"), None
     record = {
@@ -299,7 +287,7 @@ def label_one(atoms: Atoms, cfg: LabelConfig, *, cache_dir: Path, log_dir: Path)
         "reason": "; ".join(reasons),
         "wall_s": round(time.perf_counter() - t0, 3),
     }
-    _atomic_write_text(failed, json.dumps(record))
+    write_atomic(failed, lambda tmp: tmp.write_text(json.dumps(record)))
     return None, record
 
 
@@ -334,14 +322,8 @@ def failures_frame(failures: Sequence[dict]) -> pd.DataFrame:
 
 
 def _write_outputs(frames: Sequence[Atoms], failures: Sequence[dict], output: Path, failures_csv: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    failures_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    write(tmp, list(frames), format="extxyz")
-    os.replace(tmp, output)
-    tmp = failures_csv.with_name(f".{failures_csv.name}.tmp")
-    failures_frame(failures).to_csv(tmp, index=False)
-    os.replace(tmp, failures_csv)
+    write_atomic(output, lambda tmp: write(tmp, list(frames), format="extxyz"))
+    write_atomic(failures_csv, lambda tmp: failures_frame(failures).to_csv(tmp, index=False))
 
 
 def label_file(

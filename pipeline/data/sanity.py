@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from ase.eos import EquationOfState
 from ase.io import read
 from ase.units import GPa
 
+from pipeline.atomic import write_atomic
 from pipeline.config import LabelConfig
 
 log = logging.getLogger(__name__)
@@ -327,9 +327,7 @@ def ship_labelled_set(
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / name
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(labelled, tmp)
-    os.replace(tmp, target)
+    write_atomic(target, lambda tmp: shutil.copyfile(labelled, tmp))
     fail = pd.read_csv(failures) if Path(failures).exists() else pd.DataFrame()
     fail_target = dest / "failures.csv"
     if len(fail):

@@ -39,6 +39,7 @@ from ase import Atoms, units
 from ase.calculators.lammps import Prism
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from pipeline.atomic import write_atomic
 from pipeline.config import MDRunConfig, MDSafetyConfig
 from pipeline.md.evaluator import MixtureEvaluator
 from pipeline.md.lammps_io import (
@@ -106,12 +107,6 @@ class MDSystem:
     expert: np.ndarray
     fixed: np.ndarray
     velocities: np.ndarray | None = None
-
-
-def _write_atomic(path: Path, write) -> None:  # noqa: ANN001 (callable taking a path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class LammpsMD:
@@ -308,10 +303,10 @@ class LammpsMD:
         tmp = self.files.restart.with_name(".restart.lmp.tmp")
         self.lmp.command(f"write_restart {tmp}")
         os.replace(tmp, self.files.restart)
-        _write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
         progress = {"fingerprint": self.fingerprint, "step": step, "reference_energy": reference_energy,
                     "ecouple_offset": self.ecouple_offset}
-        _write_atomic(self.files.progress, lambda p: p.write_text(json.dumps(progress, indent=1)))
+        write_atomic(self.files.progress, lambda p: p.write_text(json.dumps(progress, indent=1)))
 
     def _load_state(self) -> tuple[bool, list[dict], float | None]:
         """``(resume, thermo rows, reference energy)`` from the state directory (or a fresh start)."""
@@ -348,7 +343,7 @@ class LammpsMD:
         return row
 
     def _blow_up(self, step: int, reason: str, good: dict | None, rows: list[dict]) -> MDBlowUpError:
-        _write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
         if good is None:
             return MDBlowUpError(step, reason)
         atoms = self._atoms_from(good, with_results=False)
@@ -425,7 +420,7 @@ class LammpsMD:
         for path in (self.files.thermo_csv, self.files.final, self.files.dump):
             path.parent.mkdir(parents=True, exist_ok=True)
         self.lmp.command("undump traj")  # flush and close the dump before it is moved
-        _write_atomic(self.files.thermo_csv, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        write_atomic(self.files.thermo_csv, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
         atoms = self._atoms_from(final, with_results=True)
-        _write_atomic(self.files.final, lambda p: atoms.write(p, format="extxyz"))
+        write_atomic(self.files.final, lambda p: atoms.write(p, format="extxyz"))
         os.replace(self.files.partial_dump, self.files.dump)
