@@ -84,7 +84,8 @@ def plot_heatmap(summaries: Sequence[dict], datasets: Sequence[str], path: str |
     refs = [(d, reference_summary(summaries, d)) for d in datasets]
     refs = [(d, s) for d, s in refs if s is not None]
     n_cols = max([len(s["layers"]) for _, s in refs] or [1])
-    fig, axes = plt.subplots(max(len(refs), 1), n_cols, figsize=(3.2 * n_cols, 2.8 * max(len(refs), 1)), squeeze=False)
+    fig, axes = plt.subplots(max(len(refs), 1), n_cols, figsize=(3.4 * n_cols, 3.4 * max(len(refs), 1)),
+                             squeeze=False, layout="constrained")
     for row, (dataset, s) in enumerate(refs):
         species, _ = routing_vectors(s)
         load = np.asarray(s["load"])

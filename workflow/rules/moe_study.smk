@@ -100,8 +100,8 @@ rule moe_study_report:
     output:
         csv="results/tables/moe_study.csv",
         md="results/tables/moe_study.md",
-        heatmap="results/plots/moe_study_expert_usage.png",
-        pca="results/plots/moe_study_routing_pca.png",
+        heatmap="results/figures/moe_study_expert_usage.png",
+        pca="results/figures/moe_study_routing_pca.png",
     log:
         "results/logs/moe_study/report.log",
     benchmark:
