@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -55,3 +56,21 @@ def test_two_gloo_processes_match_single_process_training(tmp_path):
     m1, m2 = pd.read_csv(single / "metrics.csv"), pd.read_csv(ddp / "metrics.csv")
     for column in ("train_loss", "val_loss", "val_hf_force_mae_mev_a", "val_bulk_energy_disagreement_mev_atom"):
         pd.testing.assert_series_equal(m1[column], m2[column], rtol=1e-8)
+
+
+@pytest.mark.timeout(180)
+def test_two_gloo_processes_train_an_moe_expert(tmp_path):
+    """DDP with routed experts, some of which no atom of a shard chooses (top-1 of 4, three elements)."""
+    raw = tiny_config(max_epochs=1).to_dict()
+    raw["models"]["lf"]["moe"] = {"enabled": True, "num_experts": 4, "top_k": 1, "num_shared": 0}
+    dataset = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "pipeline", "train", "--config-json", json.dumps(raw), "--pair", "cotrained",
+               "--dataset", str(dataset), "--hf", str(out / "hf.pt"), "--lf", str(out / "lf.pt"),
+               "--metrics", str(out / "metrics.csv"), "--state-dir", str(out / "state"), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=170, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert np.isfinite(metrics["train_loss"]).all() and "train_moe_balance" in metrics
