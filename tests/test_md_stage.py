@@ -86,6 +86,9 @@ def test_md_stage_through_the_cli(tmp_path):
     # the full-LF run leaves out the CO the LF expert never learned (md.full_lf_without_adsorbates)
     assert moe["n_adsorbate_atoms_removed"] == 0
     assert single["n_adsorbate_atoms_removed"] == 2 and single["n_atoms"] == 12
+    # 30 steps of 0.5 fs: the CO of the mixture run is still adsorbed; the LF run has none to report
+    assert moe["adsorbates"]["counts"] == {"adsorbed": 1, "below_surface": 0, "desorbed": 0, "dissociated": 0}
+    assert single["adsorbates"]["molecules"] == []
     assert set(read(tmp_path / "lf" / "final.extxyz").get_chemical_symbols()) == {"Pt"}
     assert moe["forward_hf_s"] > 0 and moe["forward_lf_s"] > 0 and moe["step_time_s"] > 0
     assert moe["precision"] == "float64" and moe["device"] == "cpu"
@@ -110,3 +113,33 @@ def test_md_cli_needs_an_expert(tmp_path, capsys):
     code = main(["md", "--run", "x", "--cell", "c", "--thermo", "t", "--final", "f", "--dump", "d", "--summary", "s",
                  "--state-dir", str(tmp_path)])
     assert code == 2 and "--hf, --lf or both" in capsys.readouterr().err
+
+
+def test_adsorbate_report_flags_sunk_desorbed_and_broken_co():
+    from ase import Atoms
+    from ase.build import add_adsorbate, fcc111
+
+    from pipeline.analysis.conservation import conservation_row as table_row
+    from pipeline.md.adsorbates import adsorbate_report
+
+    slab = fcc111("Pt", (3, 3, 4), a=3.97, vacuum=8.0)
+    for site in ((0.0, 0.0), (5.6, 0.0), (2.8, 4.9)):
+        add_adsorbate(slab, Atoms("CO", positions=[[0, 0, 0], [0, 0, 1.15]]), 1.85, site)
+    c = [i for i, s in enumerate(slab.get_chemical_symbols()) if s == "C"]
+    assert adsorbate_report(slab, slab)["counts"] == {"adsorbed": 3, "below_surface": 0, "desorbed": 0,
+                                                      "dissociated": 0}
+    final = slab.copy()
+    final.positions[[c[0], c[0] + 1], 2] -= 3.0  # into the slab
+    final.positions[[c[1], c[1] + 1], 2] += 6.0  # away
+    final.positions[c[2] + 1, 2] += 1.0  # C-O 2.15 A
+    final.positions[:, 2] += 7.0  # a rigid shift changes nothing
+    report = adsorbate_report(slab, final)
+    assert report["counts"] == {"adsorbed": 0, "below_surface": 1, "desorbed": 1, "dissociated": 1}
+    heights = [m["height_a"] for m in report["molecules"]]
+    assert heights[0] == pytest.approx(1.85 - 3.0) and heights[1] == pytest.approx(1.85 + 6.0)
+    assert report["molecules"][2]["bond_a"] == pytest.approx(2.15)
+    assert len(report["warnings"]) == 3 and "below surface" in report["warnings"][0]
+    thermo = pd.DataFrame({"time_ps": [0.0, 1.0], "econserve_ev": [0.0, 0.0], "etotal_ev": [0.0, 0.0],
+                           "atoms": len(slab), "step": [0, 1000]})
+    row = table_row("moe_cotrained", thermo, {"adsorbates": report})
+    assert "CO at the end: 1 below surface, 1 desorbed, 1 dissociated of 3 (not physical)" in row["note"]

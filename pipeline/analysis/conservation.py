@@ -54,6 +54,11 @@ def conservation_row(run: str, thermo: pd.DataFrame, summary: Mapping | None = N
         note = f"run without the {removed} adsorbate atoms of the cell (md.full_lf_without_adsorbates)"
     elif lf_bulk_only and "lf" in experts and "hf" not in experts:
         note = "LF alone on C/O and surface atoms: outside its data (train.lf_data: bulk_atoms)"
+    counts = (summary.get("adsorbates") or {}).get("counts") or {}
+    lost = {state: n for state, n in counts.items() if state != "adsorbed" and n}
+    if lost:
+        states = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in lost.items())
+        note = "; ".join(filter(None, [note, f"CO at the end: {states} of {sum(counts.values())} (not physical)"]))
     return {
         "run": run,
         "precision": summary.get("precision", "unknown"),

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import units
+from ase.io import read
 
 from pipeline.config import Config
+from pipeline.md.adsorbates import adsorbate_report
 from pipeline.md.evaluator import MixtureEvaluator
 from pipeline.md.lammps_driver import LammpsMD, MDFiles, MDSystem
 from pipeline.md.partition import (
@@ -164,6 +166,11 @@ def run_md(
              md.run.timestep_fs)
     stats = driver.run()
     figures = energy_drift(read_thermo(thermo_csv))
+    adsorbates = adsorbate_report(atoms, read(final, format="extxyz"),
+                                  substrate=tuple(cfg.regions.substrate_species),
+                                  layer_tolerance_a=cfg.regions.layer_tolerance_a)
+    for line in adsorbates["warnings"]:
+        log.warning("MD run %s, final structure: %s: the trajectory is not physical", run, line)
     result: dict[str, object] = {
         "run": run,
         "experts": list(potential.names),
@@ -181,6 +188,7 @@ def run_md(
         **stats,
         **{key: value for key, value in figures.items() if key not in ("n_atoms", "n_rows")},
         "thermo_rows": int(figures["n_rows"]),
+        "adsorbates": adsorbates,
     }
     Path(summary).parent.mkdir(parents=True, exist_ok=True)
     Path(summary).write_text(json.dumps(result, indent=1))
