@@ -21,7 +21,6 @@ from pipeline.md.partition import EXPERTS
 from pipeline.md.potential import MixturePotential
 from pipeline.models import AllegroModel, load_checkpoint
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PAIRS = ("independent", "cotrained")
 
 

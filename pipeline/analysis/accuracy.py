@@ -30,7 +30,6 @@ import torch
 from ase import Atoms
 
 from pipeline.analysis._common import (
-    DTYPES,
     load_pairs,
     model_potentials,
     predict,
@@ -40,8 +39,8 @@ from pipeline.analysis._common import (
 )
 from pipeline.config import Config
 from pipeline.data.regions import FAMILIES
+from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.partition import partition_atoms
-from pipeline.md.stage import resolve_device
 from pipeline.train.data import read_splits
 
 log = logging.getLogger(__name__)

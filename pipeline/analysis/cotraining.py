@@ -27,9 +27,10 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config
+from pipeline.devices import resolve_device
 from pipeline.models import load_checkpoint, read_checkpoint
 from pipeline.train.data import prepare_samples, read_splits
-from pipeline.train.ddp import DistInfo, resolve_device
+from pipeline.train.ddp import DistInfo
 from pipeline.train.loop import evaluate
 from pipeline.train.losses import LossWeights
 

@@ -46,7 +46,6 @@ from ase.eos import EquationOfState
 from ase.units import GPa
 
 from pipeline.analysis._common import (
-    DTYPES,
     load_pairs,
     model_potentials,
     predict,
@@ -55,9 +54,9 @@ from pipeline.analysis._common import (
     write_table,
 )
 from pipeline.config import Config
+from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.partition import HF, LF
 from pipeline.md.potential import MixturePotential
-from pipeline.md.stage import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,6 @@ import torch
 from ase import Atoms
 
 from pipeline.analysis._common import (
-    DTYPES,
     load_pairs,
     pair_mixture,
     predict,
@@ -50,8 +49,8 @@ from pipeline.analysis._common import (
 )
 from pipeline.analysis.eos import fcc_supercell, half_split
 from pipeline.config import Config
+from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.partition import HF
-from pipeline.md.stage import resolve_device
 from pipeline.models import AllegroModel
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,6 @@ import torch
 from ase import Atoms
 
 from pipeline.analysis._common import (
-    DTYPES,
     device_label,
     load_pairs,
     pyplot,
@@ -44,10 +43,10 @@ from pipeline.analysis._common import (
     write_table,
 )
 from pipeline.config import Config, MDPartitionConfig, MDSystemConfig
+from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.evaluator import MixtureEvaluator
 from pipeline.md.partition import EXPERTS, HF, partition_atoms
 from pipeline.md.potential import MixturePotential
-from pipeline.md.stage import resolve_device
 from pipeline.md.system import build_production_cell
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from ase import units
 from ase.io import read
 
 from pipeline.config import Config
+from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.adsorbates import adsorbate_report
 from pipeline.md.evaluator import MixtureEvaluator
 from pipeline.md.lammps_driver import LammpsMD, MDFiles, MDSystem
@@ -37,18 +38,6 @@ from pipeline.md.thermo import energy_drift, read_thermo
 from pipeline.models import load_checkpoint
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA raises."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config key 'device' is cuda but torch sees no CUDA device")
-    return torch.device(name)
-
 
 def build_md_system(cfg: Config, *, cell: str | Path, png: str | Path) -> tuple[int, int]:
     """Build the production cell, partition it and write the partition file and its picture.
@@ -135,7 +124,7 @@ def run_md(
     md = cfg.md
     torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
-    dtype = _DTYPES[md.dtype]
+    dtype = DTYPES[md.dtype]
     atoms, expert = read_partition(cell)
     potential = load_mixture(checkpoints, species=tuple(cfg.species), dtype=dtype, device=device)
     n_removed = 0

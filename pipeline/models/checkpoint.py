@@ -25,13 +25,13 @@ import torch
 
 import pipeline
 from pipeline.atomic import write_atomic
+from pipeline.devices import DTYPES
 from pipeline.errors import PipelineInputError
 from pipeline.models.allegro import AllegroModel, build_model, expert_config_from_dict
 
 FORMAT_VERSION = 1
 KIND = "allegro_expert"
 _REQUIRED = ("format_version", "kind", "config", "species", "r_max", "dtype", "state_dict")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class CheckpointError(PipelineInputError, ValueError):
@@ -133,13 +133,13 @@ def load_checkpoint(
         )
     if r_max is not None and abs(float(r_max) - float(payload["r_max"])) > 1e-9:
         raise CheckpointError(f"checkpoint {path} has cutoff r_max = {payload['r_max']} A, but the data uses {r_max} A")
-    if payload["dtype"] not in _DTYPES:
+    if payload["dtype"] not in DTYPES:
         raise CheckpointError(f"checkpoint {path} has unsupported dtype {payload['dtype']!r}")
     try:
         config = expert_config_from_dict(payload["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from exc
-    model = build_model(config, saved_species, dtype=dtype or _DTYPES[payload["dtype"]])
+    model = build_model(config, saved_species, dtype=dtype or DTYPES[payload["dtype"]])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -30,6 +30,7 @@ import torch
 
 from pipeline.config import Config, ExpertConfig, MoEConfig
 from pipeline.data.ingest import sha256_file
+from pipeline.devices import DTYPES
 from pipeline.models import (
     build_model,
     fit_energy_shifts,
@@ -109,7 +110,7 @@ def train_variant(
     splits = read_splits(str(dataset), ("train", "validation", "test"))
     check_species(splits["train"] + splits["validation"] + splits["test"], species, what=f"the {dataset_name} frames")
     train_frames = _subset(splits["train"], cfg.moe_study.max_train_frames, cfg.seed)
-    dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.train.dtype]
+    dtype = DTYPES[cfg.train.dtype]
     model = build_model(variant_config(cfg, variant), species, dtype=dtype, seed=cfg.seed * 1000 + _MODEL_SEED)
     model.set_scale_shift(scales=force_rms_scales(train_frames, species), shifts=fit_energy_shifts(train_frames, species))
     prep = {"species": species, "r_maxes": [model.r_max], "dtype": dtype, "lf_data": "all"}

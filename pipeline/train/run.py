@@ -34,6 +34,7 @@ import torch
 
 from pipeline.config import Config, TrainConfig
 from pipeline.data.ingest import sha256_file
+from pipeline.devices import DTYPES
 from pipeline.models import (
     build_model,
     fit_energy_shifts,
@@ -55,7 +56,6 @@ from pipeline.train.state import state_path
 log = logging.getLogger(__name__)
 
 PAIRS = ("cotrained", "independent")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _MODEL_SEED_OFFSET = {"hf": 101, "lf": 202}
 
 
