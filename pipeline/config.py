@@ -125,6 +125,15 @@ class SampleSlabCOConfig:
     tilt_max_deg: float = 25.0
     stretch_max_a: float = 0.08
     lateral_max_a: float = 0.25
+    close_heights_top_a: tuple[float, ...] = (1.55, 1.40, 1.25)
+    close_heights_bridge_a: tuple[float, ...] = (1.0, 0.6)
+    close_heights_hollow_a: tuple[float, ...] = (0.8, 0.4, 0.0)
+    flipped_heights_top_a: tuple[float, ...] = (2.0, 1.7)
+    flipped_heights_hollow_a: tuple[float, ...] = (1.4, 1.0)
+    lying_heights_a: tuple[float, ...] = (1.9, 1.4)
+    hot_n_2x2: int = 10
+    hot_rattle_stdev_a: float = 0.10
+    hot_tilt_max_deg: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,16 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
+class RepulsionConfig:
+    """Short-range nuclear repulsion prior added to an expert (``models.<preset>.repulsion``); see
+    :mod:`pipeline.models.repulsion`. Distances are fractions of the pair's sum of covalent radii."""
+
+    enabled: bool = True
+    inner_fraction: float = 0.35
+    outer_fraction: float = 0.55
+
+
+@dataclass(frozen=True)
 class ExpertConfig:
     """Capacity of one Allegro expert (``models.hf`` / ``models.lf``). Lengths in A.
 
@@ -205,6 +224,7 @@ class ExpertConfig:
     activation: str = "silu"
     avg_num_neighbors: float = 35.0
     moe: MoEConfig = field(default_factory=MoEConfig)
+    repulsion: RepulsionConfig = field(default_factory=RepulsionConfig)
 
 
 def _lf_default() -> ExpertConfig:
@@ -530,6 +550,13 @@ def check_semantics(cfg: Config, *, check_files: bool = True) -> None:
             "config keys 'ingest.validation_fraction' + 'ingest.test_fraction' must be < 1, got "
             f"{cfg.ingest.validation_fraction} + {cfg.ingest.test_fraction}"
         )
+    for name, expert in (("hf", cfg.models.hf), ("lf", cfg.models.lf)):
+        rep = expert.repulsion
+        if rep.enabled and not rep.inner_fraction < rep.outer_fraction:
+            raise ConfigError(
+                f"config keys 'models.{name}.repulsion.inner_fraction' ({rep.inner_fraction}) must be smaller "
+                f"than 'models.{name}.repulsion.outer_fraction' ({rep.outer_fraction})"
+            )
     for key, cells in (("analysis.eos.supercell", cfg.analysis.eos.supercell),
                        ("analysis.interface.supercell", cfg.analysis.interface.supercell)):
         if cells[2] % 2:

@@ -4,7 +4,9 @@ Per edge i->j within r_max: an enveloped Bessel basis and the species pair give 
 (:class:`TwoBodyScalarEmbedding`); spherical harmonics weighted per channel start the tensor track
 (:class:`TensorEmbedding`); ``num_layers`` :class:`AllegroLayer` couple each edge's tensors with its
 centre's environment and update the scalars; a readout MLP gives an edge energy (times the
-envelope). Atom i's energy is ``scale[s_i] * sum_j e_ij / sqrt(avg_num_neighbors) + shift[s_i]``.
+envelope). Atom i's energy is ``scale[s_i] * sum_j e_ij / sqrt(avg_num_neighbors) + shift[s_i]``, plus
+half of its pairs' short-range ZBL repulsion when ``config.repulsion`` is enabled
+(:mod:`pipeline.models.repulsion`; zero beyond ~0.55 covalent-radius sums).
 
 Centre-subset evaluation: given ``centers``, only the edges centred on those atoms are built (every
 atom still serves as a neighbour) and only their energies are computed (others zero). Energies and
@@ -30,7 +32,7 @@ from contextlib import contextmanager
 import torch
 from ase.data import atomic_numbers
 
-from pipeline.config import ExpertConfig, MoEConfig
+from pipeline.config import ExpertConfig, MoEConfig, RepulsionConfig
 from pipeline.data import keys as K
 from pipeline.models.embedding import (
     TensorEmbedding,
@@ -48,6 +50,7 @@ from pipeline.models.layout import EdgeLayout
 from pipeline.models.mlp import make_mlp
 from pipeline.models.moe import RoutingContext, moe_modules, routing_context
 from pipeline.models.radial import BesselBasis, PolynomialEnvelope
+from pipeline.models.repulsion import ZBLRepulsion
 from pipeline.models.scale_shift import PerSpeciesScaleShift
 from pipeline.models.tensor_product import plan_tensor_track
 
@@ -118,6 +121,7 @@ class AllegroModel(torch.nn.Module):
         if bool((numbers < 0).any()):
             raise ValueError(f"unknown chemical symbols in species {list(species)}")
         self.register_buffer("atomic_numbers", numbers, persistent=False)
+        self.repulsion = ZBLRepulsion(c.repulsion, numbers) if c.repulsion.enabled else None
         self.moe_layers = tuple(m for _, m in moe_modules(self))  # not submodules: already registered above
 
     @property
@@ -219,6 +223,8 @@ class AllegroModel(torch.nn.Module):
             descriptors = pos.new_zeros(n_centres, n_scalar)
         species_c = species if centre_atoms is None else species.index_select(0, centre_atoms)
         energy = self.scale_shift(energy, species_c)
+        if self.repulsion is not None and layout.n_edges > 0:
+            energy = energy + self.repulsion.centre_energies(vectors, edge_index, centre, n_centres, species)
         if centre_atoms is not None:
             energy = pos.new_zeros(n_atoms).index_copy(0, centre_atoms, energy)
             descriptors = pos.new_zeros(n_atoms, n_scalar).index_copy(0, centre_atoms, descriptors)
@@ -323,7 +329,9 @@ def build_model(
 def expert_config_from_dict(values: dict) -> ExpertConfig:
     """:class:`ExpertConfig` from a plain dict (lists become tuples); unknown keys raise.
 
-    A dict without ``moe`` (checkpoints written before MoE layers existed) gets the dense default.
+    A dict without ``moe`` (checkpoints written before MoE layers existed) gets the dense default; one
+    without ``repulsion`` (written before the repulsion prior existed) gets the prior switched off, so an
+    old checkpoint keeps the energies it was trained with.
     """
     values = dict(values)
     fields = {f.name for f in dataclasses.fields(ExpertConfig)}
@@ -337,5 +345,12 @@ def expert_config_from_dict(values: dict) -> ExpertConfig:
         if unknown:
             raise ValueError(f"unknown expert config keys moe.{unknown}; valid: {sorted(moe_fields)}")
         moe = MoEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in moe.items()})
+    repulsion = values.pop("repulsion", {"enabled": False})
+    if isinstance(repulsion, dict):
+        rep_fields = {f.name for f in dataclasses.fields(RepulsionConfig)}
+        unknown = sorted(set(repulsion) - rep_fields)
+        if unknown:
+            raise ValueError(f"unknown expert config keys repulsion.{unknown}; valid: {sorted(rep_fields)}")
+        repulsion = RepulsionConfig(**repulsion)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return ExpertConfig(**values, **({"moe": moe} if moe is not None else {}))
+    return ExpertConfig(**values, repulsion=repulsion, **({"moe": moe} if moe is not None else {}))
