@@ -6,7 +6,8 @@ Every structure is an unlabelled :class:`ase.Atoms` whose ``info`` holds
 - ``group``: frames derived from one parent structure or one trajectory share a group, so that the
   train/test split keeps them together;
 - ``config_type``: how the frame was made (``eos``, ``strain``, ``rattle``, ``thermal``, ``ideal``,
-  ``top``, ``bridge``, ``fcc``, ``hcp``, ``half_ml``, ``approach``, ``co_gas``);
+  ``top``, ``bridge``, ``fcc``, ``hcp``, ``half_ml``, ``approach``, ``close``, ``flipped``, ``lying``,
+  ``hot``, ``co_gas``);
 - ``structure_id``: unique and stable for a given configuration;
 - ``sample_index``: position in the sampled list (the merged labelled set keeps this order);
 - ``ideal``: True for the unperturbed reference geometries (EOS points, ideal slabs, ideal CO, ideal gas);
@@ -22,6 +23,7 @@ rattled and displaced (EMT's CO chemistry is wrong).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from collections.abc import Sequence
@@ -351,6 +353,68 @@ def sample_slab_co(cfg: SampleSlabCOConfig, slab_cfg: SampleSlabConfig, a: float
             out.append(_tag(at, family="slab_co", group=f"slab_co-2x2-approach-{site}", config_type="approach",
                             structure_id=f"slab_co-2x2-approach-{site}-{dz:+.2f}", site=site, coverage_ml=0.25,
                             slab_size=2, perturbation="height", height_offset_a=float(dz)))
+    out += _sample_close_contacts(cfg, build, seed, vacuum_a=vac)
+    return out
+
+
+def _flip_co(atoms: Atoms) -> None:
+    """Turn the last CO of ``atoms`` O-down: swap the two atoms' species (positions stay)."""
+    symbols = atoms.get_chemical_symbols()
+    symbols[-2], symbols[-1] = symbols[-1], symbols[-2]
+    atoms.set_chemical_symbols(symbols)
+
+
+def _lay_co_flat(atoms: Atoms, vacuum_a: float) -> None:
+    """Turn the last (upright) CO of ``atoms`` flat: axis along x, centred over the C position."""
+    c = atoms.positions[-2].copy()
+    bond = float(np.linalg.norm(atoms.positions[-1] - c))
+    atoms.positions[-2] = c - [bond / 2, 0.0, 0.0]
+    atoms.positions[-1] = c + [bond / 2, 0.0, 0.0]
+    atoms.center(vacuum=vacuum_a, axis=2)
+
+
+def _sample_close_contacts(cfg: SampleSlabCOConfig, build, seed: int, *, vacuum_a: float) -> list[Atoms]:
+    """Structures an MD run can reach but equilibrium sampling misses, on the 2x2 slab at 1/4 ML.
+
+    ``close``: upright CO pushed into the surface (C-Pt down to ~1.25 A, C in the plane of the top layer
+    at the hollows); ``flipped``: O-down CO; ``lying``: CO flat on the surface; ``hot``: strongly tilted,
+    stretched, shifted CO on a strongly rattled slab. Every frame is rattled, so no force is zero by symmetry.
+    """
+    out: list[Atoms] = []
+
+    def add(at: Atoms, *, group: str, config_type: str, sid: str, site: str, perturbation: str, **info) -> None:
+        rng = _rng(seed, sid)
+        at.positions += rng.normal(0.0, cfg.rattle_stdev_a, size=at.positions.shape)
+        out.append(_tag(at, family="slab_co", group=group, config_type=config_type, structure_id=sid, site=site,
+                        coverage_ml=0.25, slab_size=2, perturbation=perturbation, **info))
+
+    series = [("top", h) for h in cfg.close_heights_top_a] + [("bridge", h) for h in cfg.close_heights_bridge_a]
+    series += [(site, h) for site in ("fcc", "hcp") for h in cfg.close_heights_hollow_a]
+    for site, h in series:
+        add(build(2, [(site, h, (0.0, 0.0))]), group=f"slab_co-2x2-close-{site}", config_type="close",
+            sid=f"slab_co-2x2-close-{site}-{h:+.2f}", site=site, perturbation="height", c_height_a=float(h))
+    for site, heights in (("top", cfg.flipped_heights_top_a), ("fcc", cfg.flipped_heights_hollow_a)):
+        for h in heights:
+            at = build(2, [(site, h, (0.0, 0.0))])
+            _flip_co(at)
+            add(at, group="slab_co-2x2-flipped", config_type="flipped", sid=f"slab_co-2x2-flipped-{site}-{h:+.2f}",
+                site=site, perturbation="flipped", o_height_a=float(h))
+    for site in ("top", "fcc"):
+        for h in cfg.lying_heights_a:
+            at = build(2, [(site, h, (0.0, 0.0))])
+            _lay_co_flat(at, vacuum_a)
+            add(at, group="slab_co-2x2-lying", config_type="lying", sid=f"slab_co-2x2-lying-{site}-{h:+.2f}",
+                site=site, perturbation="lying", c_height_a=float(h))
+    hot = dataclasses.replace(cfg, tilt_max_deg=cfg.hot_tilt_max_deg, rattle_stdev_a=cfg.hot_rattle_stdev_a,
+                              stretch_max_a=1.5 * cfg.stretch_max_a, lateral_max_a=2.0 * cfg.lateral_max_a)
+    for i in range(cfg.hot_n_2x2):
+        sid = f"slab_co-2x2-hot-{i:03d}"
+        rng = _rng(seed, sid)
+        site = SITES[int(rng.integers(len(SITES)))]
+        at = build(2, [(site, _site_height(cfg, site), (0.0, 0.0))])
+        _perturb_co(at, hot, rng, "mixed")
+        out.append(_tag(at, family="slab_co", group=sid, config_type="hot", structure_id=sid, site=site,
+                        coverage_ml=0.25, slab_size=2, perturbation="hot"))
     return out
 
 
