@@ -67,7 +67,7 @@ class RegionConfig:
     adsorbate_species: tuple[str, ...] = ("C", "O")
     adsorbate_radius_a: float = 3.0
     surface_layers_top: int = 1
-    surface_layers_bottom: int = 1
+    surface_layers_bottom: int = 0
     layer_tolerance_a: float = 0.7
     vacuum_min_a: float = 5.0
 

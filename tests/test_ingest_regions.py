@@ -42,8 +42,8 @@ def test_hand_checked_slab_with_co_on_top():
     np.testing.assert_allclose(slab.positions[16, :2], slab.positions[12, :2], atol=1e-9)
     # Distances from C: atom 12 1.85 A; the other top atoms sqrt(2.772^2 + 1.85^2) = 3.33 A; the nearest
     # second-layer atoms sqrt(1.600^2 + (1.85 + 2.263)^2) = 4.41 A. With the default 3.0 A radius only
-    # atom 12 is an adsorbate neighbour; the top (12-15) and bottom (0-3) layers are surface.
-    family, region, env = _env(slab)
+    # atom 12 is an adsorbate neighbour; the top (12-15) and, when asked for, bottom (0-3) layers are surface.
+    family, region, env = _env(slab, surface_layers_bottom=1)
 
     assert family == "slab_co"
     assert np.nonzero(region == "complex")[0].tolist() == [0, 1, 2, 3, 12, 13, 14, 15, 16, 17]
@@ -51,6 +51,10 @@ def test_hand_checked_slab_with_co_on_top():
     assert env[12] == "adsorbate_neighbourhood"
     assert env[[13, 14, 15, 0, 1, 2, 3]].tolist() == ["surface"] * 7
     assert env[4:12].tolist() == ["bulk"] * 8
+    # the default leaves the bottom surface to the bulk (LF) region
+    _, region, env = _env(slab)
+    assert np.nonzero(region == "complex")[0].tolist() == [12, 13, 14, 15, 16, 17]
+    assert env[0:12].tolist() == ["bulk"] * 12
 
 
 def test_adsorbate_radius_reaches_through_periodic_images():
@@ -58,7 +62,7 @@ def test_adsorbate_radius_reaches_through_periodic_images():
     # 4.5 A: the four top atoms (1.85 and 3.33 A) and three second-layer atoms (4.41 A); the fourth
     # second-layer atom (9) is 5.21 A away. Atom 15 and second-layer atoms 10 and 11 are that close only
     # through periodic images (directly they are 5.1, 5.9 and 7.1 A away).
-    _, _, env = _env(slab, adsorbate_radius_a=4.5)
+    _, _, env = _env(slab, adsorbate_radius_a=4.5, surface_layers_bottom=1)
     near = np.nonzero(env == "adsorbate_neighbourhood")[0]
     assert near.tolist() == [8, 10, 11, 12, 13, 14, 15]
     d_c = slab.get_distances(16, range(16), mic=True)
