@@ -16,6 +16,7 @@ import dataclasses
 import glob
 import json
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class IngestConfig:
     """Frame validation and splitting (``ingest:``). Distances in A, energies in eV/atom."""
 
     min_distance_a: float = 0.6
+    max_force_ev_a: float = 50.0
     energy_outlier_z: float = 20.0
     energy_outlier_mad_floor_ev: float = 0.02
     max_rejected_fraction: float = 0.1
@@ -337,6 +339,19 @@ class MDSafetyConfig:
 
 
 @dataclass(frozen=True)
+class MDChunkConfig:
+    """Centres evaluated per forward/backward pass, per expert (``md.centres_per_chunk:``; 0 = all in one);
+    see :class:`pipeline.md.potential.MixturePotential`."""
+
+    hf: int = 128
+    lf: int = 512
+
+    def for_experts(self, names: Sequence[str]) -> tuple[int, ...]:
+        """Chunk sizes of the experts named ``names`` (``hf`` / ``lf``), in that order."""
+        return tuple(int(getattr(self, name)) for name in names)
+
+
+@dataclass(frozen=True)
 class MDConfig:
     """Mixture-of-experts molecular dynamics (``md:``); see :mod:`pipeline.md`."""
 
@@ -344,6 +359,7 @@ class MDConfig:
     neighbor_skin_a: float = 1.0
     reference_pair: str = "independent"
     full_lf_without_adsorbates: bool = True
+    centres_per_chunk: MDChunkConfig = field(default_factory=MDChunkConfig)
     system: MDSystemConfig = field(default_factory=MDSystemConfig)
     partition: MDPartitionConfig = field(default_factory=MDPartitionConfig)
     run: MDRunConfig = field(default_factory=MDRunConfig)

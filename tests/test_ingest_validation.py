@@ -59,6 +59,10 @@ def _craft(reason: str) -> Atoms:
         forces = r["forces"].copy()
         forces[3, 2] = np.nan
         return _with_results(base, energy=r["energy"], forces=forces)
+    if reason == "large_force":
+        forces = r["forces"].copy()
+        forces[2] = [0.0, 60.0, 0.0]
+        return _with_results(base, energy=r["energy"], forces=forces)
     if reason == "invalid_stress":
         return _with_results(base, energy=r["energy"], forces=r["forces"], stress=[0, 0, np.nan, 0, 0, 0])
     if reason == "close_atoms":
@@ -82,6 +86,7 @@ def _craft(reason: str) -> Atoms:
         ("missing_forces", "no forces"),
         ("forces_shape", "shape (3, 3), expected (4, 3)"),
         ("nonfinite_forces", "non-finite forces on atoms [3]"),
+        ("large_force", "|F| = 60.0 eV/A on atom 2 (Pt) > ingest.max_force_ev_a = 50.0 eV/A"),
         ("invalid_stress", "not 6 finite numbers"),
         ("close_atoms", "A apart (< ingest.min_distance_a = 0.6 A)"),
         ("energy_outlier", "robust z ="),

@@ -12,6 +12,7 @@ reason                    rule
 ``missing_forces``        no forces
 ``forces_shape``          forces are not ``(n_atoms, 3)``
 ``nonfinite_forces``      a force component is NaN or infinite
+``large_force``           a force larger than ``ingest.max_force_ev_a`` (0 = no limit)
 ``invalid_stress``        stress present but not 6 finite numbers
 ``close_atoms``           two atoms closer than ``ingest.min_distance_a`` (periodic images included)
 ``duplicate``             same species, positions, cell and pbc (bitwise) as an earlier accepted frame
@@ -51,6 +52,7 @@ REASONS = (
     "forces_shape",
     "nonfinite_forces",
     "invalid_stress",
+    "large_force",
     "close_atoms",
     "duplicate",
     "energy_outlier",
@@ -117,7 +119,9 @@ def geometry_hash(atoms: Atoms) -> str:
     return h.hexdigest()
 
 
-def check_frame(atoms: Atoms, *, species: Sequence[str], min_distance_a: float) -> tuple[str, str] | None:
+def check_frame(
+    atoms: Atoms, *, species: Sequence[str], min_distance_a: float, max_force_ev_a: float = 0.0
+) -> tuple[str, str] | None:
     """The first per-frame check ``atoms`` fails, as ``(reason, detail)``, or None if it passes all."""
     if not (np.isfinite(atoms.positions).all() and np.isfinite(atoms.cell.array).all()):
         return "invalid_geometry", "non-finite positions or cell"
@@ -141,6 +145,12 @@ def check_frame(atoms: Atoms, *, species: Sequence[str], min_distance_a: float) 
     if not np.isfinite(forces).all():
         bad = np.unique(np.nonzero(~np.isfinite(forces))[0])
         return "nonfinite_forces", f"non-finite forces on atoms {bad[:10].tolist()}"
+    if max_force_ev_a > 0:
+        norms = np.linalg.norm(forces, axis=1)
+        if norms.max() > max_force_ev_a:
+            i = int(np.argmax(norms))
+            return "large_force", (f"|F| = {norms[i]:.1f} eV/A on atom {i} ({atoms.get_chemical_symbols()[i]}) "
+                                   f"> ingest.max_force_ev_a = {max_force_ev_a} eV/A")
     stress = frame_stress(atoms)
     if stress is not None and (stress.shape != (6,) or not np.isfinite(stress).all()):
         return "invalid_stress", f"stress {stress.tolist()} is not 6 finite numbers (Voigt)"
@@ -215,7 +225,7 @@ def validate_frames(
     species : sequence of str
         Allowed chemical symbols.
     cfg : IngestConfig
-        Thresholds (``min_distance_a``, ``energy_outlier_z``, ``energy_outlier_mad_floor_ev``).
+        Thresholds (``min_distance_a``, ``max_force_ev_a``, ``energy_outlier_z``, ``energy_outlier_mad_floor_ev``).
     progress : bool, optional
         tqdm progress bar; None = only on a terminal.
 
@@ -232,7 +242,8 @@ def validate_frames(
     bar = tqdm(frames, desc="validating frames", unit="frame",
                disable=None if progress is None else not progress)
     for k, atoms in enumerate(bar):
-        failed = check_frame(atoms, species=species, min_distance_a=cfg.min_distance_a)
+        failed = check_frame(atoms, species=species, min_distance_a=cfg.min_distance_a,
+                             max_force_ev_a=cfg.max_force_ev_a)
         if failed is None:
             key = geometry_hash(atoms)
             if key in first_seen:
