@@ -100,6 +100,40 @@ def test_mixture_passes_the_model_output_checker():
     validate_model_outputs(model, frames, r_max=moe.r_max)
 
 
+@pytest.mark.parametrize("chunks", [1, (3, 5), (2, 0), (0, 4)])
+def test_chunked_evaluation_equals_one_pass(chunks):
+    """Centres in chunks (each with its own backward pass) give the one-pass energies, forces and stress."""
+    one_pass, chunked = mixture(), mixture()
+    chunked.centres_per_chunk = chunks
+    frames = [tiny_slab(), pt_bulk(repeat=(2, 2, 2), cubic=True, rattle=0.1)]
+    for atoms, expert in ((frames[0], slab_partition(frames[0])),
+                          (frames[1], (np.arange(len(frames[1])) % 3 == 0).astype(np.int64))):
+        batch = collate([atoms], species=SPECIES, r_max=one_pass.r_max, with_targets=False)
+        for centers in (None, torch.as_tensor(np.arange(len(atoms)) % 2 == 0)):
+            ref = one_pass(batch, expert=torch.as_tensor(expert), centers=centers, compute_stress=True)
+            out = chunked(batch, expert=torch.as_tensor(expert), centers=centers, compute_stress=True)
+            for key in (K.ENERGY, K.PER_ATOM_ENERGY, K.FORCES, K.STRESS, K.DESCRIPTORS):
+                torch.testing.assert_close(out[key], ref[key], atol=1e-12, rtol=1e-10, msg=key)
+            assert torch.equal(out[K.CENTER_MASK], ref[K.CENTER_MASK])
+            assert not out[K.FORCES].requires_grad
+    expert = torch.as_tensor(slab_partition(frames[0]))
+    sizes = [int(m.sum()) for _, m in chunked.centre_chunks(expert)]
+    assert sum(sizes) == len(frames[0])
+
+
+def test_chunked_timings_and_bad_chunk_sizes():
+    moe = mixture()
+    atoms = tiny_slab()
+    expert = slab_partition(atoms)
+    ev = MixtureEvaluator(moe, numbers=atoms.numbers, expert=expert, skin=0.5, centres_per_chunk=(4, 4))
+    ev(atoms.positions, atoms.cell.array, atoms.pbc)
+    assert ev.expert_time_s["hf"] > 0 and ev.expert_time_s["lf"] > 0
+    with pytest.raises(ValueError, match="one entry per expert"):
+        MixtureEvaluator(mixture(), numbers=atoms.numbers, expert=expert, skin=0.5, centres_per_chunk=(4, 4, 4))
+    with pytest.raises(ValueError, match=">= 0"):
+        MixtureEvaluator(mixture(), numbers=atoms.numbers, expert=expert, skin=0.5, centres_per_chunk=-1)
+
+
 def test_wrong_expert_tensor_is_rejected():
     moe = mixture()
     atoms = tiny_slab()

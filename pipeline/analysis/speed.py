@@ -7,10 +7,12 @@ not included. Systems: Pt(111) slabs of ``analysis.speed.layers`` layers with CO
 (``co_coverage`` per top-layer Pt) of about each ``n_atoms``; the HF atoms of the mixture are the
 ``hf_fraction`` of all atoms closest to a CO (rule ``closest_fraction``).
 
-Every case is warmed up, then the cases of one size are timed in turn ``repeats`` times (interleaved,
-so that a change of machine load hits every case alike) and the median is reported. Columns
-(:data:`COLUMNS`): ``steps_per_s`` = 1 / median time, ``atom_steps_per_s`` = n_atoms x steps_per_s,
-``speedup_vs_hf`` = t(full HF) / t(case), and the ideal bound
+Every case is timed twice: with the chunk sizes of ``md.centres_per_chunk`` (as the MD stage runs it)
+and in one pass over all centres (``*_one_pass`` columns: the code before chunking, for a before/after
+comparison on the same machine load). Every case is warmed up, then the cases of one size are timed in
+turn ``repeats`` times (interleaved, so that a change of machine load hits every case alike) and the
+median is reported. Columns (:data:`COLUMNS`): ``steps_per_s`` = 1 / median time, ``atom_steps_per_s`` =
+n_atoms x steps_per_s, ``speedup_vs_hf`` = t(full HF) / t(case), and the ideal bound
 
     ideal_speedup = 1 / (f + (1 - f) c_LF / c_HF),
 
@@ -52,7 +54,8 @@ from pipeline.md.system import build_production_cell
 log = logging.getLogger(__name__)
 
 COLUMNS = ("device", "threads", "precision", "n_atoms", "hf_fraction", "mode", "steps_per_s", "atom_steps_per_s",
-           "speedup_vs_hf", "ideal_speedup", "step_time_ms", "n_hf", "target_hf_fraction", "repeats")
+           "speedup_vs_hf", "ideal_speedup", "step_time_ms", "step_time_ms_one_pass", "speedup_vs_hf_one_pass",
+           "ideal_speedup_one_pass", "centres_per_chunk", "n_hf", "target_hf_fraction", "repeats")
 
 
 def ideal_speedup(f: float, *, c_hf: float, c_lf: float) -> float:
@@ -99,31 +102,45 @@ def speed_rows(cfg: Config, experts: Mapping[str, torch.nn.Module], n_atoms: int
     cases: dict[str, tuple[MixtureEvaluator, Atoms]] = {}
     meta: dict[str, tuple[str, float, int]] = {}  # name -> (mode, target fraction, n_hf)
     skin = cfg.md.neighbor_skin_a
-    for name in EXPERTS:
-        potential = MixturePotential([experts[name]], names=(name,))
-        cases[name] = (MixtureEvaluator(potential, numbers=atoms.numbers, expert=np.zeros(n, dtype=np.int64),
-                                        skin=skin, device=device), atoms)
-        meta[name] = (name, 1.0 if name == "hf" else 0.0, n if name == "hf" else 0)
-    mixture = MixturePotential([experts["hf"], experts["lf"]], names=EXPERTS)
-    for f in s.hf_fractions:
-        expert = partition_atoms(atoms, MDPartitionConfig(rule="closest_fraction", hf_fraction=float(f)), cfg.regions)
-        key = f"moe_{f:g}"
-        cases[key] = (MixtureEvaluator(mixture, numbers=atoms.numbers, expert=expert, skin=skin, device=device), atoms)
-        meta[key] = ("moe", float(f), int(np.sum(expert == HF)))
+    chunks = cfg.md.centres_per_chunk
+    for suffix, chunked in (("", True), ("/one_pass", False)):
+        for name in EXPERTS:
+            potential = MixturePotential([experts[name]], names=(name,))
+            cases[name + suffix] = (MixtureEvaluator(
+                potential, numbers=atoms.numbers, expert=np.zeros(n, dtype=np.int64), skin=skin, device=device,
+                centres_per_chunk=chunks.for_experts((name,)) if chunked else 0), atoms)
+            meta[name + suffix] = (name, 1.0 if name == "hf" else 0.0, n if name == "hf" else 0)
+        mixture = MixturePotential([experts["hf"], experts["lf"]], names=EXPERTS)
+        for f in s.hf_fractions:
+            expert = partition_atoms(atoms, MDPartitionConfig(rule="closest_fraction", hf_fraction=float(f)),
+                                     cfg.regions)
+            key = f"moe_{f:g}{suffix}"
+            cases[key] = (MixtureEvaluator(mixture, numbers=atoms.numbers, expert=expert, skin=skin, device=device,
+                                           centres_per_chunk=chunks.for_experts(EXPERTS) if chunked else 0), atoms)
+            meta[key] = ("moe", float(f), int(np.sum(expert == HF)))
     seconds = time_cases(cases, repeats=s.repeats, warmup=s.warmup)
     c_hf, c_lf = seconds["hf"] / n, seconds["lf"] / n
+    c_hf_1, c_lf_1 = seconds["hf/one_pass"] / n, seconds["lf/one_pass"] / n
     rows = []
     for key, t in seconds.items():
+        if key.endswith("/one_pass"):
+            continue
+        t1 = seconds[key + "/one_pass"]
         mode, target, n_hf = meta[key]
         frac = n_hf / n
+        names = EXPERTS if mode == "moe" else (mode,)
         rows.append({
             "device": device_label(device), "threads": torch.get_num_threads() if device.type == "cpu" else np.nan,
             "precision": s.dtype, "n_atoms": n, "hf_fraction": frac, "mode": mode, "steps_per_s": 1.0 / t,
             "atom_steps_per_s": n / t, "speedup_vs_hf": seconds["hf"] / t,
-            "ideal_speedup": ideal_speedup(frac, c_hf=c_hf, c_lf=c_lf), "step_time_ms": 1000.0 * t, "n_hf": n_hf,
+            "ideal_speedup": ideal_speedup(frac, c_hf=c_hf, c_lf=c_lf), "step_time_ms": 1000.0 * t,
+            "step_time_ms_one_pass": 1000.0 * t1, "speedup_vs_hf_one_pass": seconds["hf/one_pass"] / t1,
+            "ideal_speedup_one_pass": ideal_speedup(frac, c_hf=c_hf_1, c_lf=c_lf_1),
+            "centres_per_chunk": "/".join(str(x) for x in chunks.for_experts(names)), "n_hf": n_hf,
             "target_hf_fraction": target, "repeats": s.repeats,
         })
-        log.info("speed: %d atoms, %s (HF fraction %.3f): %.1f ms per step", n, mode, frac, 1000.0 * t)
+        log.info("speed: %d atoms, %s (HF fraction %.3f): %.1f ms per step (one pass: %.1f ms)", n, mode, frac,
+                 1000.0 * t, 1000.0 * t1)
     return rows
 
 
@@ -181,7 +198,9 @@ def write_speed(table: pd.DataFrame, *, csv: str | Path, md: str | Path, png: st
         "kept; integration not included); median of "
         f"{first['repeats']} interleaved repeats after warm-up. hf_fraction: the actual HF fraction (1 = full HF, "
         "0 = full LF); speedup_vs_hf = t(full HF) / t; ideal_speedup = 1 / (f + (1 - f) c_LF / c_HF) from the "
-        "measured per-atom costs of full HF and full LF at the same size."),
+        "measured per-atom costs of full HF and full LF at the same size. step_time_ms: each expert's centres "
+        "evaluated in chunks of centres_per_chunk (hf/lf; md.centres_per_chunk, as in MD); *_one_pass: the same "
+        "cases in one forward and backward pass over all centres (before chunking), timed in the same run."),
         "On a shared CPU the timings vary with the machine's load; compare rows of one run.",
     ]
     write_table(table, csv=csv, md=md, title="Speed of the mixture of experts", notes=notes, floatfmt=".4g")

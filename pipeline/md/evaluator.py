@@ -76,6 +76,9 @@ class MixtureEvaluator:
         Verlet skin, A (0 = rebuild the neighbour list at every call).
     device : str or torch.device, optional
         Where to evaluate (default: where the potential's parameters are).
+    centres_per_chunk : int or sequence of int (one per expert), optional
+        Set the potential's :attr:`~pipeline.md.potential.MixturePotential.centres_per_chunk` (0 = one
+        pass; default: leave it as it is).
 
     Attributes
     ----------
@@ -84,7 +87,8 @@ class MixtureEvaluator:
     model_time_s : float
         Total wall time (s) of the evaluations (neighbour-list update, pair split, energies, backward pass).
     expert_time_s : dict[str, float]
-        Accumulated forward time (s) per expert (the backward pass is shared and not split).
+        Accumulated time (s) per expert: forward only in one-pass mode (the backward pass is shared and not
+        split), forward and backward with ``centres_per_chunk`` > 0.
     """
 
     def __init__(
@@ -95,9 +99,17 @@ class MixtureEvaluator:
         expert: np.ndarray,
         skin: float,
         device: str | torch.device | None = None,
+        centres_per_chunk: int | Sequence[int] | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else next(potential.parameters()).device
         self.potential = potential.to(self.device).eval()
+        if centres_per_chunk is not None:
+            sizes = [centres_per_chunk] if isinstance(centres_per_chunk, int) else list(centres_per_chunk)
+            if any(int(n) < 0 for n in sizes):
+                raise ValueError(f"centres_per_chunk must be >= 0, got {centres_per_chunk}")
+            self.potential.centres_per_chunk = (int(centres_per_chunk) if isinstance(centres_per_chunk, int)
+                                                else tuple(int(n) for n in centres_per_chunk))
+            self.potential.chunk_size(0)  # a sequence of the wrong length fails here, not mid-run
         self.potential.record_timings = True
         numbers = np.asarray(numbers, dtype=np.int64)
         expert = np.asarray(expert, dtype=np.int64)

@@ -11,7 +11,9 @@ expert. The batch carries one neighbour list built with a cutoff at least as lar
 atoms and shorter than its own ``r_max`` (:meth:`MixturePotential.split_edges`). The per-atom energies
 of all experts are summed and forces and stress come from ONE autograd pass over the total
 (:func:`pipeline.models.evaluate_with_derivatives`), so the forces are exactly -dE/dR of one smooth
-function and NVE conserves energy up to integrator error.
+function and NVE conserves energy up to integrator error. With ``centres_per_chunk`` > 0 the centres are
+evaluated in chunks, each with its own backward pass, and summed: the same function and derivatives (to
+rounding), at a cost per atom that does not grow with the system (:meth:`MixturePotential.centre_chunks`).
 
 With one expert and every atom assigned to it, the mixture is that expert; with two identical experts
 it equals the single model.
@@ -59,8 +61,15 @@ class MixturePotential(torch.nn.Module):
     Attributes
     ----------
     timings : dict[str, float]
-        Wall time (s) of the last forward (energy) evaluation of each expert, recorded when
-        ``record_timings`` is True (CUDA is synchronised around each expert then).
+        Wall time (s) of the last evaluation of each expert, recorded when ``record_timings`` is True
+        (CUDA is synchronised around each expert then): the forward (energy) pass in one-pass mode,
+        forward and backward in chunked mode.
+    centres_per_chunk : int or sequence of int (one per expert)
+        0 (default): one forward pass over all centres and one backward pass. N > 0: each expert's centres
+        are evaluated in chunks of at most N (its own entry of the sequence; 0 there = all its centres in
+        one chunk), each chunk with its own backward pass, and the results summed (exact: energies, forces and stress are sums over centres). The activations of one chunk
+        stay in the CPU caches, so the cost per atom stops growing with the system size and the memory is
+        bounded by the chunk (measured by benchmarks/bench_md_step.py).
     """
 
     def __init__(self, experts: Sequence[AllegroModel], *, names: Sequence[str] | None = None) -> None:
@@ -82,6 +91,7 @@ class MixturePotential(torch.nn.Module):
         self.species = tuple(species)
         self.record_timings = False
         self.timings: dict[str, float] = {}
+        self.centres_per_chunk = 0
 
     @property
     def r_max(self) -> float:
@@ -216,14 +226,96 @@ class MixturePotential(torch.nn.Module):
         :data:`keys.STRESS` ``(n_structures, 3, 3)`` eV/A^3 (if ``compute_stress``; NaN for a zero
         cell volume), :data:`keys.DESCRIPTORS`, :data:`keys.CENTER_MASK`.
         """
-        return evaluate_with_derivatives(
-            lambda pos, strain: self.atomic_outputs(batch, expert=expert, positions=pos, strain=strain, centers=centers, split=split),
-            batch,
-            dtype=self.dtype,
-            compute_forces=compute_forces,
-            compute_stress=compute_stress,
-            create_graph=False,
-        )
+        if not any(self.chunk_size(k) for k in range(len(self.experts))):
+            return evaluate_with_derivatives(
+                lambda pos, strain: self.atomic_outputs(batch, expert=expert, positions=pos, strain=strain,
+                                                        centers=centers, split=split),
+                batch,
+                dtype=self.dtype,
+                compute_forces=compute_forces,
+                compute_stress=compute_stress,
+                create_graph=False,
+            )
+        return self._chunked_forward(batch, expert=expert, centers=centers, compute_forces=compute_forces,
+                                     compute_stress=compute_stress, split=split)
+
+    def chunk_size(self, k: int) -> int:
+        """Centres per chunk of expert ``k`` (0 = no chunking) from :attr:`centres_per_chunk`."""
+        size = self.centres_per_chunk
+        if isinstance(size, int):
+            return max(size, 0)
+        if len(size) != len(self.experts):
+            raise ValueError(f"centres_per_chunk needs one entry per expert ({len(self.experts)}), got {list(size)}")
+        return max(int(size[k]), 0)
+
+    def centre_chunks(self, expert: torch.Tensor, centers: torch.Tensor | Sequence[int] | None = None
+                      ) -> list[tuple[int, torch.Tensor]]:
+        """``(expert index, centre mask (n_atoms,))`` of every chunk: each expert's centres (within
+        ``centers``) in index order, at most :meth:`chunk_size` per chunk."""
+        n_atoms = expert.shape[0]
+        subset = centre_mask(centers, n_atoms, expert.device)
+        chunks = []
+        for k in range(len(self.experts)):
+            mine = expert == k
+            if subset is not None:
+                mine = mine & subset
+            index = torch.nonzero(mine).squeeze(1)
+            n = int(index.numel())
+            size = self.chunk_size(k) or max(n, 1)
+            for start in range(0, n, size):
+                mask = torch.zeros(n_atoms, dtype=torch.bool, device=expert.device)
+                mask[index[start:start + size]] = True
+                chunks.append((k, mask))
+        return chunks
+
+    def _chunked_forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        expert: torch.Tensor,
+        centers: torch.Tensor | Sequence[int] | None,
+        compute_forces: bool,
+        compute_stress: bool,
+        split: EdgeSplit | None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with :attr:`centres_per_chunk` > 0: one forward and backward pass per chunk of
+        centres, outputs summed (every output is a sum over centres; nothing keeps a graph)."""
+        pos = batch[K.POSITIONS]
+        expert = self.check_expert(expert, pos.shape[0]).to(pos.device)
+        if split is None:
+            split, _ = self.split_edges(batch, expert)
+        sync = self.record_timings and pos.device.type == "cuda"
+        timings = {name: 0.0 for name in self.names}
+        total: dict[str, torch.Tensor] | None = None
+        for k, mask in self.centre_chunks(expert, centers):
+            if sync:
+                torch.cuda.synchronize(pos.device)
+            start = time.perf_counter()
+            out = evaluate_with_derivatives(
+                lambda p, strain, mask=mask: self.atomic_outputs(batch, expert=expert, positions=p, strain=strain,
+                                                                 centers=mask, split=split),
+                batch, dtype=self.dtype, compute_forces=compute_forces, compute_stress=compute_stress,
+                create_graph=False,
+            )
+            out = {key: value.detach() for key, value in out.items()}
+            if total is None:
+                total = out
+            else:
+                for key, value in out.items():
+                    total[key] = total[key] | value if value.dtype == torch.bool else total[key] + value
+            if sync:
+                torch.cuda.synchronize(pos.device)
+            timings[self.names[k]] += time.perf_counter() - start
+        if self.record_timings:
+            self.timings = timings
+        if total is None:  # no centre at all: the one-pass code gives the zeros with the right shapes
+            return evaluate_with_derivatives(
+                lambda p, strain: self.atomic_outputs(batch, expert=expert, positions=p, strain=strain,
+                                                      centers=centers, split=split),
+                batch, dtype=self.dtype, compute_forces=compute_forces, compute_stress=compute_stress,
+                create_graph=False,
+            )
+        return total
 
     def extra_repr(self) -> str:
         return f"names={list(self.names)}, species={list(self.species)}, r_max={self.r_max}"

@@ -136,7 +136,8 @@ def run_md(
     if len(potential.names) == 1:
         expert = np.zeros(len(atoms), dtype=np.int64)  # one expert on every atom
     fixed = bottom_layers(atoms, md.run.fixed_bottom_layers, cfg.regions)
-    evaluator = MixtureEvaluator(potential, numbers=atoms.numbers, expert=expert, skin=md.neighbor_skin_a, device=device)
+    evaluator = MixtureEvaluator(potential, numbers=atoms.numbers, expert=expert, skin=md.neighbor_skin_a, device=device,
+                                 centres_per_chunk=md.centres_per_chunk.for_experts(potential.names))
     fingerprint_data = {
         "md": dataclasses.asdict(md),
         "seed": cfg.seed,
