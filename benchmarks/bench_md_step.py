@@ -1,0 +1,235 @@
+"""Benchmark: cost of one MD step of full HF, full LF and the mixture against the system size.
+
+For Pt(111)+CO slabs of about ``--sizes`` atoms (6 layers, CO on 16 % of the top sites, as the speed
+analysis builds them), times one energy+forces evaluation through the MD stage's
+:class:`pipeline.md.evaluator.MixtureEvaluator` (the code the LAMMPS callback calls, Verlet list kept)
+for full HF, full LF and the mixture at HF fraction ``--hf-fraction`` (the atoms closest to a CO),
+each with the chunk sizes of ``md.centres_per_chunk`` ("chunked") and in one pass over all centres
+("one_pass", the code before chunking). Writes a CSV and a Markdown table with, per case:
+
+- ``step_ms``: median wall time of one step (``--repeats`` after ``--warmup``), one torch thread;
+- ``us_per_atom`` and ``linearity``: cost per atom relative to that of the smallest size of the same
+  case (1.0 = perfectly linear);
+- ``speedup_vs_hf``, ``ideal_speedup`` = 1 / (f + (1 - f) c_LF / c_HF) from the per-atom costs of full
+  HF and full LF of the same size and variant, and ``fraction_of_ideal``;
+- ``neighbor_build_ms``: one rebuild of the Verlet list (vesin, cutoff + skin), and
+  ``neighbor_share_md``: its share of the step time at ``--rebuild-rate`` rebuilds per step (the
+  default rate, 368 rebuilds in 10 000 steps, is what the default 10 ps NVE run measured);
+- ``peak_mib`` and ``kib_per_atom``: increase of the process's peak resident memory from just before
+  the first evaluation to the end (each case runs in a fresh process).
+
+Weights are random (a model's cost does not depend on its weights); the architectures are the
+``models.hf`` / ``models.lf`` presets of ``--config``. ``--profile N`` also writes the top operators of
+the HF expert at N atoms (torch.profiler, self CPU time) for both variants.
+
+Usage::
+
+    python benchmarks/bench_md_step.py --sizes 500 1000 2000 4000 8000 \\
+        --csv benchmarks/results/bench_md_step.csv --markdown benchmarks/results/bench_md_step.md \\
+        --profile 2000 --profile-markdown benchmarks/results/profile_hf.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+MODES = ("hf", "lf", "moe")
+VARIANTS = ("chunked", "one_pass")
+
+
+def _rss_kib(field: str) -> int:
+    """``VmRSS`` (current) or ``VmHWM`` (peak) resident memory of this process, KiB (Linux)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _setup(args: dict):
+    """Build the system, the potential and the evaluator of one case (in the worker process)."""
+    import numpy as np
+    import torch
+
+    from pipeline.analysis.speed import timing_slab
+    from pipeline.config import MDPartitionConfig, load_config
+    from pipeline.devices import DTYPES
+    from pipeline.md.evaluator import MixtureEvaluator
+    from pipeline.md.partition import EXPERTS, partition_atoms
+    from pipeline.md.potential import MixturePotential
+    from pipeline.models import build_model
+
+    torch.set_num_threads(args["threads"])
+    cfg = load_config(args["config"], check_files=False)
+    dtype = DTYPES[args["dtype"]]
+    atoms = timing_slab(args["size"], layers=6, co_coverage=0.16, lattice_constant_a=cfg.analysis.lattice_constant_a)
+    models = {name: build_model(getattr(cfg.models, name), cfg.species, dtype=dtype, seed=i).eval()
+              for i, name in enumerate(EXPERTS)}
+    mode, chunked = args["mode"], args["variant"] == "chunked"
+    if mode == "moe":
+        names = EXPERTS
+        expert = partition_atoms(atoms, MDPartitionConfig(rule="closest_fraction", hf_fraction=args["hf_fraction"]),
+                                 cfg.regions)
+    else:
+        names = (mode,)
+        expert = np.zeros(len(atoms), dtype=np.int64)
+    potential = MixturePotential([models[n] for n in names], names=names)
+    chunks = cfg.md.centres_per_chunk.for_experts(names) if chunked else 0
+    evaluator = MixtureEvaluator(potential, numbers=atoms.numbers, expert=expert, skin=cfg.md.neighbor_skin_a,
+                                 device="cpu", centres_per_chunk=chunks)
+    return atoms, expert, evaluator, chunks
+
+
+def worker(args: dict) -> dict:
+    """Time one case; returns its row (runs in a fresh process)."""
+    import statistics
+
+    import numpy as np
+
+    atoms, expert, evaluator, chunks = _setup(args)
+    evaluator.neighbors.update(atoms.positions, atoms.cell.array, atoms.pbc)  # first list, outside the memory delta
+    base = _rss_kib("VmRSS")
+    for _ in range(max(args["warmup"], 1)):
+        evaluator(atoms.positions, atoms.cell.array, atoms.pbc)
+    times = []
+    for _ in range(args["repeats"]):
+        start = time.perf_counter()
+        evaluator(atoms.positions, atoms.cell.array, atoms.pbc)
+        times.append(time.perf_counter() - start)
+    peak = _rss_kib("VmHWM")
+    from pipeline.md.neighbors import neighbor_list
+
+    builds = []
+    verlet = evaluator.neighbors
+    for _ in range(3):  # what one rebuild of the Verlet list costs
+        start = time.perf_counter()
+        neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, verlet.cutoff + verlet.skin)
+        builds.append(time.perf_counter() - start)
+    return {
+        "n_atoms": len(atoms), "mode": args["mode"], "variant": args["variant"],
+        "centres_per_chunk": chunks if isinstance(chunks, int) else "/".join(map(str, chunks)),
+        "n_hf": int(np.sum(expert == 0)) if args["mode"] != "lf" else 0,
+        "step_ms": 1000.0 * statistics.median(times), "best_ms": 1000.0 * min(times),
+        "neighbor_build_ms": 1000.0 * statistics.median(builds), "peak_mib": max(peak - base, 0) / 1024.0,
+        "n_edges": int(evaluator.neighbors.edge_index.shape[1]),
+    }
+
+
+def profile(args: dict, markdown: Path, top: int) -> None:
+    """torch.profiler table of the HF expert's step (self CPU time per operator), both variants."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    lines = [f"# Profile of one HF step, {args['size']} atoms, {args['dtype']}, {args['threads']} thread(s)", ""]
+    for variant in VARIANTS:
+        case = dict(args, mode="hf", variant=variant)
+        atoms, _, evaluator, chunks = _setup(case)
+        for _ in range(2):
+            evaluator(atoms.positions, atoms.cell.array, atoms.pbc)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            evaluator(atoms.positions, atoms.cell.array, atoms.pbc)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        label = "all" if not chunks else "/".join(map(str, chunks)) if not isinstance(chunks, int) else str(chunks)
+        lines += [f"## {variant} (centres per chunk: {label}), total self CPU {total / 1000:.0f} ms", "",
+                  "| operator | calls | self CPU ms | share |", "|---|---|---|---|"]
+        lines += [f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1000:.1f} | "
+                  f"{100 * e.self_cpu_time_total / total:.1f} % |" for e in rows]
+        lines.append("")
+    from pipeline.atomic import write_atomic
+
+    text = "\n".join(lines)
+    write_atomic(markdown, lambda path: path.write_text(text))
+
+
+def _run_case(case: dict) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(case["threads"]), PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True, text=True,
+                         env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"case {case} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def build_table(rows: list[dict], *, hf_fraction: float, rebuild_rate: float):
+    """Derived columns: per-atom cost, linearity, speedups, ideal bound, neighbour-list share."""
+    import pandas as pd
+
+    from pipeline.analysis.speed import ideal_speedup
+
+    table = pd.DataFrame(rows)
+    table["us_per_atom"] = 1000.0 * table["step_ms"] / table["n_atoms"]
+    table["kib_per_atom"] = 1024.0 * table["peak_mib"] / table["n_atoms"]
+    smallest = table.loc[table.groupby(["mode", "variant"])["n_atoms"].idxmin()].set_index(["mode", "variant"])
+    table["linearity"] = [r.us_per_atom / smallest.loc[(r.mode, r.variant), "us_per_atom"] for r in table.itertuples()]
+    ref = table.set_index(["n_atoms", "variant", "mode"])
+    speedup, ideal = [], []
+    for r in table.itertuples():
+        t_hf = ref.loc[(r.n_atoms, r.variant, "hf"), "step_ms"]
+        t_lf = ref.loc[(r.n_atoms, r.variant, "lf"), "step_ms"]
+        f = {"hf": 1.0, "lf": 0.0}.get(r.mode, r.n_hf / r.n_atoms)
+        speedup.append(t_hf / r.step_ms)
+        ideal.append(ideal_speedup(f, c_hf=t_hf, c_lf=t_lf))
+    table["speedup_vs_hf"] = speedup
+    table["ideal_speedup"] = ideal
+    table["fraction_of_ideal"] = table["speedup_vs_hf"] / table["ideal_speedup"]
+    table["neighbor_share_md"] = rebuild_rate * table["neighbor_build_ms"] / table["step_ms"]
+    table.insert(2, "hf_fraction", [{"hf": 1.0, "lf": 0.0}.get(m, n / a) for m, n, a in
+                                    zip(table["mode"], table["n_hf"], table["n_atoms"])])
+    return table.sort_values(["variant", "mode", "n_atoms"]).reset_index(drop=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"), help="presets and chunk sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000], help="approx. atoms")
+    parser.add_argument("--hf-fraction", type=float, default=0.2, help="HF fraction of the mixture")
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rebuild-rate", type=float, default=368 / 10000,
+                        help="Verlet-list rebuilds per MD step (default: the default MD run's)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--csv", type=Path, default=DEFAULT_OUT / "bench_md_step.csv")
+    parser.add_argument("--markdown", type=Path, default=DEFAULT_OUT / "bench_md_step.md")
+    parser.add_argument("--profile", type=int, default=0, help="also profile the HF expert at this many atoms")
+    parser.add_argument("--profile-markdown", type=Path, default=DEFAULT_OUT / "profile_hf.md")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    from tqdm import tqdm
+
+    from pipeline.atomic import write_atomic
+
+    common = {"config": args.config, "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats,
+              "warmup": args.warmup, "hf_fraction": args.hf_fraction}
+    cases = [dict(common, size=n, mode=m, variant=v) for v in args.variants for n in args.sizes for m in MODES]
+    rows = [_run_case(c) for c in tqdm(cases, desc="cases", unit="case")]
+    table = build_table(rows, hf_fraction=args.hf_fraction, rebuild_rate=args.rebuild_rate)
+    table.insert(0, "precision", args.dtype)
+    table.insert(1, "threads", args.threads)
+    csv_text = table.to_csv(index=False, float_format="%.5g")
+    write_atomic(args.csv, lambda path: path.write_text(csv_text))
+    header = (f"# One MD step against system size (CPU, {args.threads} torch thread(s), {args.dtype}, "
+              f"median of {args.repeats} after {args.warmup} warm-up; random weights, presets of {args.config})\n\n")
+    md_text = header + table.to_markdown(index=False, floatfmt=".4g") + "\n"
+    write_atomic(args.markdown, lambda path: path.write_text(md_text))
+    if args.profile:
+        profile(dict(common, size=args.profile), args.profile_markdown, top=15)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The derived columns of benchmarks/bench_md_step.py (per-atom cost, linearity, ideal bound)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_md_step.py"
+_spec = importlib.util.spec_from_file_location("bench_md_step", _path)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _row(n, mode, ms, n_hf=0, variant="chunked"):
+    return {"n_atoms": n, "mode": mode, "variant": variant, "centres_per_chunk": 0, "n_hf": n_hf, "step_ms": ms,
+            "best_ms": ms, "neighbor_build_ms": 2.0, "peak_mib": n / 1024.0, "n_edges": 40 * n}
+
+
+def test_derived_columns():
+    # HF 1 ms/atom at 500 and 1.2 ms/atom at 1000 (20 % superlinear); LF 0.1 ms/atom; mixture at f = 0.2
+    rows = [_row(500, "hf", 500.0, 500), _row(1000, "hf", 1200.0, 1000), _row(500, "lf", 50.0),
+            _row(1000, "lf", 100.0), _row(500, "moe", 140.0, 100), _row(1000, "moe", 280.0, 200)]
+    table = bench.build_table(rows, hf_fraction=0.2, rebuild_rate=0.05).set_index(["mode", "n_atoms"])
+    assert table.loc[("hf", 1000), "linearity"] == pytest.approx(1.2)
+    assert table.loc[("lf", 1000), "linearity"] == pytest.approx(1.0)
+    assert table.loc[("moe", 500), "speedup_vs_hf"] == pytest.approx(500 / 140)
+    ideal = 1.0 / (0.2 + 0.8 * 0.1)
+    assert table.loc[("moe", 500), "ideal_speedup"] == pytest.approx(ideal)
+    assert table.loc[("moe", 500), "fraction_of_ideal"] == pytest.approx(500 / 140 / ideal)
+    assert table.loc[("hf", 500), "ideal_speedup"] == pytest.approx(1.0)
+    assert table.loc[("lf", 500), "ideal_speedup"] == pytest.approx(10.0)
+    assert table.loc[("hf", 500), "kib_per_atom"] == pytest.approx(1.0)
+    assert table.loc[("hf", 500), "neighbor_share_md"] == pytest.approx(0.05 * 2.0 / 500)
+    assert table.loc[("moe", 1000), "hf_fraction"] == pytest.approx(0.2)
