@@ -270,10 +270,12 @@ class TrainConfig:
     min_learning_rate: float = 1.0e-5
     grad_clip_norm: float = 10.0
     ema_decay: float = 0.99
-    early_stopping_patience: int = 50
+    early_stopping_patience: int = 100
     energy_weight: float = 10.0
     force_weight: float = 1.0
     stress_weight: float = 0.0
+    huber_delta_energy_ev_atom: float = 0.1
+    huber_delta_force_ev_a: float = 1.0
     lf_data: str = "bulk_atoms"
     agreement_mode: str = "symmetric"
     lambda_energy: float = 100.0

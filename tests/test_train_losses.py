@@ -18,6 +18,7 @@ from pipeline.train.losses import (
     agreement_terms,
     data_terms,
     merge_terms,
+    robust_square,
     weighted_total,
 )
 from pipeline.train.pair import ExpertPair, batch_terms
@@ -139,3 +140,25 @@ def test_batch_terms_follow_the_lf_assignment():
     everything = prepare_samples([slab, cell], species=SPECIES, r_maxes=[4.0], dtype=torch.float64, lf_data="all")
     assert make_batch(everything).lf_energy.tolist() == [True, True]
     assert cfg.train.lf_data == "bulk_atoms"
+
+
+def test_robust_square_is_the_square_below_delta_and_linear_above():
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.2, 1.0, 4.0], dtype=torch.float64, requires_grad=True)
+    y = robust_square(x, 1.0)
+    expected = torch.where(x.abs() <= 1.0, x**2, 2.0 * x.abs() - 1.0)
+    torch.testing.assert_close(y, expected)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert float(grad.abs().max()) == pytest.approx(2.0)  # bounded slope: 2 delta
+    torch.testing.assert_close(robust_square(x, 0.0), x**2)
+
+
+def test_huber_data_terms_damp_large_force_errors_only():
+    pred = {K.ENERGY: torch.tensor([1.0]), K.FORCES: torch.tensor([[0.1, 0.0, 0.0], [30.0, 0.0, 0.0]])}
+    graph = {K.ENERGY: torch.tensor([0.0]), K.FORCES: torch.zeros(2, 3), K.NUM_ATOMS: torch.tensor([2])}
+    masks = dict(atom_mask=torch.tensor([True, True]), frame_mask=torch.tensor([True]))
+    square = data_terms(pred, graph, **masks)
+    huber = data_terms(pred, graph, **masks, huber_energy=0.1, huber_forces=1.0)
+    assert float(square["forces"][0]) == pytest.approx(0.01 + 900.0)
+    assert float(huber["forces"][0]) == pytest.approx(0.01 + 59.0)  # 2 * 1 * 30 - 1
+    assert float(square["energy"][0]) == pytest.approx(0.25)  # (1 eV / 2 atoms)^2
+    assert float(huber["energy"][0]) == pytest.approx(2 * 0.1 * 0.5 - 0.01)

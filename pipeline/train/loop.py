@@ -90,7 +90,8 @@ def agreement_scale(epoch: int, ramp_epochs: int) -> float:
 
 def loss_weights(cfg: TrainConfig, scale: float = 1.0) -> LossWeights:
     return LossWeights(cfg.energy_weight, cfg.force_weight, cfg.stress_weight,
-                       scale * cfg.lambda_energy, scale * cfg.lambda_force)
+                       scale * cfg.lambda_energy, scale * cfg.lambda_force,
+                       huber_energy=cfg.huber_delta_energy_ev_atom, huber_forces=cfg.huber_delta_force_ev_a)
 
 
 def _optimizer(cfg: TrainConfig, pair: ExpertPair) -> torch.optim.Optimizer:
@@ -144,7 +145,8 @@ def evaluate(
             name: model(batch.graph(model.r_max), compute_stress=stress, create_graph=False)
             for name, model in (("hf", hf), ("lf", lf))
         }
-        for name, (s, c) in batch_terms(outputs, batch, stress=stress).items():
+        huber = (weights.huber_energy, weights.huber_forces)
+        for name, (s, c) in batch_terms(outputs, batch, stress=stress, huber=huber).items():
             sums[TERMS.index(name)] += torch.stack([s.detach().to(torch.float64).cpu(), c.cpu()])
         pair_errors(errors, outputs, batch)
     sums = all_reduce_sum(sums, info)
@@ -259,7 +261,8 @@ def train_pair(
             local_extra = shard(extras[index], info.rank, info.world_size) if use_extra else []
             extra = make_batch([data.extra[j] for j in local_extra], info.device) if len(local_extra) else None
             outputs = model(batch, extra, stress=stress, create_graph=True)
-            terms = batch_terms(outputs, batch, extra, stress=stress, mode=cfg.agreement_mode, agreement=agreeing)
+            terms = batch_terms(outputs, batch, extra, stress=stress, mode=cfg.agreement_mode, agreement=agreeing,
+                                huber=(cfg.huber_delta_energy_ev_atom, cfg.huber_delta_force_ev_a))
             loss, values = weighted_total(terms, weights, global_counts=lambda c: all_reduce_sum(c, info),
                                           world_size=info.world_size)
             balance = balance_loss({n: outputs[n] for n in EXPERTS})  # None unless an expert has MoE layers

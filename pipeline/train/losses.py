@@ -10,6 +10,12 @@ Data terms of one expert (energies in eV, forces eV/A, stress eV/A^3)::
     forces : mean over its atoms of |F_pred - F_dft|^2            (sum of the 3 components)
     stress : mean over its frames with a stress target of |S_pred - S_dft|^2   (9 components)
 
+With a Huber threshold delta > 0 (``train.huber_delta_energy_ev_atom``, ``train.huber_delta_force_ev_a``)
+the square x^2 of each energy-per-atom or force-component error becomes :func:`robust_square`: x^2 up to
+|x| = delta and 2 delta |x| - delta^2 beyond (twice the Huber function: the same as the square for small
+errors, linear growth for large ones), so a few frames far up a repulsive wall (forces of tens of eV/A)
+do not dominate the fit and the validation loss.
+
 Agreement terms on the atoms labelled bulk (labelled frames and extra unlabelled bulk cells)::
 
     energy : mean over bulk atoms of (e_i^HF - e_i^LF)^2          (per-atom energies)
@@ -47,12 +53,23 @@ class LossWeights:
     stress: float = 0.0
     agree_energy: float = 0.0
     agree_forces: float = 0.0
+    huber_energy: float = 0.0  # Huber thresholds of the data terms (eV/atom, eV/A); 0 = squared error
+    huber_forces: float = 0.0
 
     def of(self, name: str) -> float:
         """Weight of a term named ``<expert>_<kind>`` or ``agree_<kind>``."""
         if name.startswith("agree_"):
             return getattr(self, name)
         return getattr(self, name.split("_", 1)[1])
+
+
+def robust_square(x: torch.Tensor, delta: float) -> torch.Tensor:
+    """``x**2`` (``delta`` <= 0) or twice the Huber function: ``x**2`` for ``|x| <= delta``, else
+    ``2 delta |x| - delta**2`` (continuous with a continuous slope)."""
+    if delta <= 0:
+        return x**2
+    a = x.abs()
+    return torch.where(a <= delta, x**2, 2.0 * delta * a - delta**2)
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:
@@ -66,6 +83,8 @@ def data_terms(
     atom_mask: torch.Tensor,
     frame_mask: torch.Tensor,
     stress: bool = False,
+    huber_energy: float = 0.0,
+    huber_forces: float = 0.0,
 ) -> dict[str, Term]:
     """Squared-error sums and counts of one expert's predictions against the targets of ``graph``.
 
@@ -82,14 +101,16 @@ def data_terms(
         Frames whose energy (and stress) count.
     stress : bool
         Include the stress term (frames with :data:`keys.STRESS_MASK` only).
+    huber_energy, huber_forces : float
+        Huber thresholds (eV/atom, eV/A per component) of :func:`robust_square`; 0 = squared error.
 
     Returns
     -------
     dict with ``energy``, ``forces`` (and ``stress``): ``(sum, count)``.
     """
     n_atoms = graph[K.NUM_ATOMS].to(pred[K.ENERGY].dtype)
-    e_err = ((pred[K.ENERGY] - graph[K.ENERGY].to(pred[K.ENERGY].dtype)) / n_atoms) ** 2  # [n_frames]
-    f_err = ((pred[K.FORCES] - graph[K.FORCES].to(pred[K.FORCES].dtype)) ** 2).sum(dim=1)  # [n_atoms]
+    e_err = robust_square((pred[K.ENERGY] - graph[K.ENERGY].to(pred[K.ENERGY].dtype)) / n_atoms, huber_energy)
+    f_err = robust_square(pred[K.FORCES] - graph[K.FORCES].to(pred[K.FORCES].dtype), huber_forces).sum(dim=1)
     terms = {
         "energy": (torch.where(frame_mask, e_err, 0.0).sum(), _count(frame_mask)),
         "forces": (torch.where(atom_mask, f_err, 0.0).sum(), _count(atom_mask)),

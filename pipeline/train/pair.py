@@ -65,6 +65,7 @@ def batch_terms(
     stress: bool = False,
     mode: str = "symmetric",
     agreement: bool = True,
+    huber: tuple[float, float] = (0.0, 0.0),
 ) -> dict[str, Term]:
     """Named loss terms of one batch (see the module docstring).
 
@@ -72,7 +73,8 @@ def batch_terms(
     (``batch.lf_energy``, ``batch.lf_forces``); agreement terms use ``batch.bulk`` and every atom of
     ``extra``. ``mode`` (:data:`AGREEMENT_MODES`) says which expert the agreement gradient reaches:
     both (``symmetric``), only LF (``anchored``: HF outputs detached) or only HF (``anchored_lf``).
-    With ``agreement=False`` the agreement terms are left out.
+    With ``agreement=False`` the agreement terms are left out. ``huber`` = the Huber thresholds
+    (eV/atom, eV/A) of the data terms (:func:`pipeline.train.losses.robust_square`; 0 = squared error).
     """
     if mode not in AGREEMENT_MODES:
         raise ValueError(f"agreement mode must be one of {AGREEMENT_MODES}, got {mode!r}")
@@ -82,7 +84,8 @@ def batch_terms(
     all_atoms = torch.ones_like(batch.bulk)
     terms: dict[str, Term] = {}
     for name, frames, atoms in (("hf", all_frames, all_atoms), ("lf", batch.lf_energy, batch.lf_forces)):
-        part = data_terms(outputs[name], graph, atom_mask=atoms, frame_mask=frames, stress=stress)
+        part = data_terms(outputs[name], graph, atom_mask=atoms, frame_mask=frames, stress=stress,
+                          huber_energy=huber[0], huber_forces=huber[1])
         terms.update({f"{name}_{k}": v for k, v in part.items()})
     if agreement:
         parts = [agreement_terms(outputs["hf"], outputs["lf"], batch.bulk, **detach)]
