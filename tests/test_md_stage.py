@@ -139,6 +139,13 @@ def test_adsorbate_report_flags_sunk_desorbed_and_broken_co():
     assert heights[0] == pytest.approx(1.85 - 3.0) and heights[1] == pytest.approx(1.85 + 6.0)
     assert report["molecules"][2]["bond_a"] == pytest.approx(2.15)
     assert len(report["warnings"]) == 3 and "below surface" in report["warnings"][0]
+    # lifted by 1 A: C-Pt 2.85 A, no longer bonded although only 2.85 A up
+    lifted = slab.copy()
+    lifted.positions[[c[0], c[0] + 1], 2] += 1.0
+    lifted_report = adsorbate_report(slab, lifted)
+    assert lifted_report["counts"]["desorbed"] == 1
+    assert lifted_report["molecules"][0]["substrate_a"] == pytest.approx(2.85, abs=1e-3)
+    assert lifted_report["molecules"][1]["substrate_a"] == pytest.approx(1.85, abs=1e-3)
     thermo = pd.DataFrame({"time_ps": [0.0, 1.0], "econserve_ev": [0.0, 0.0], "etotal_ev": [0.0, 0.0],
                            "atoms": len(slab), "step": [0, 1000]})
     row = table_row("moe_cotrained", thermo, {"adsorbates": report})

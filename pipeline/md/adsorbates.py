@@ -4,10 +4,14 @@ Energy conservation says nothing about whether a trajectory is physical: a poten
 short range conserves energy while a molecule sinks into the surface. :func:`adsorbate_report`
 compares the final structure with the initial one and flags, per carbon atom of a CO molecule,
 
+- ``dissociated``: its nearest oxygen is farther than ``max_bond_a``;
 - ``below_surface``: its height above the top substrate layer (the atoms of the initial top layer,
   followed by identity) fell below ``min_height_a`` (the molecule entered the slab);
-- ``desorbed``: the height rose above ``max_height_a``;
-- ``dissociated``: its nearest oxygen is farther than ``max_bond_a``.
+- ``adsorbed``: otherwise, if a substrate atom is within ``max_substrate_bond_a`` (chemisorbed: Pt-C is
+  1.85-2.1 A on top, bridge and hollow sites);
+- ``desorbed``: otherwise (no substrate atom within bonding distance: the molecule left or floats).
+
+Each molecule also reports its height and its C-substrate distance.
 
 Heights are measured along the surface normal (:func:`pipeline.data.regions.heights`), distances
 with the minimum-image convention. Lengths in A.
@@ -18,7 +22,7 @@ with the minimum-image convention. Lengths in A.
 >>> add_adsorbate(slab, Atoms("CO", positions=[[0, 0, 0], [0, 0, 1.15]]), 1.85, "ontop")
 >>> moved = slab.copy(); moved.positions[-2:, 2] += 10.0   # CO leaves
 >>> adsorbate_report(slab, moved, carbon="C", oxygen="O", substrate=("Pt",))["warnings"]
-['C atom 12: desorbed (height 11.85 A above the top layer)']
+['C atom 12: desorbed (height 11.85 A above the top layer, nearest substrate atom 11.85 A)']
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def adsorbate_report(
     substrate: Sequence[str] = ("Pt",),
     layer_tolerance_a: float = 0.7,
     min_height_a: float = 0.5,
-    max_height_a: float = 4.0,
+    max_substrate_bond_a: float = 2.5,
     max_bond_a: float = 1.6,
 ) -> dict[str, object]:
     """Per-molecule state of the CO adsorbates of a slab after MD (see the module docstring).
@@ -49,7 +53,8 @@ def adsorbate_report(
     Returns
     -------
     dict
-        ``molecules``: one dict per carbon (``index``, ``height_a``, ``bond_a``, ``state``);
+        ``molecules``: one dict per carbon (``index``, ``height_a``, ``bond_a`` (C-O), ``substrate_a``
+        (nearest substrate atom), ``state``);
         ``counts``: molecules per state (``adsorbed``, ``below_surface``, ``desorbed``,
         ``dissociated``); ``warnings``: one line per molecule that is not adsorbed.
         Empty lists and counts when the structure has no carbon or no substrate.
@@ -73,19 +78,23 @@ def adsorbate_report(
     if len(oxygens):
         _, dist = get_distances(final.positions[carbons], final.positions[oxygens], cell=final.cell, pbc=final.pbc)
         bonds = dist.min(axis=1)
-    for c, bond in zip(carbons, bonds):
+    _, to_substrate = get_distances(final.positions[carbons], final.positions[sub], cell=final.cell, pbc=final.pbc)
+    nearest = to_substrate.min(axis=1)
+    for c, bond, c_sub in zip(carbons, bonds, nearest):
         height = float(h[c] - surface)
         if bond > max_bond_a:
             state = "dissociated"
         elif height < min_height_a:
             state = "below_surface"
-        elif height > max_height_a:
-            state = "desorbed"
-        else:
+        elif c_sub <= max_substrate_bond_a:
             state = "adsorbed"
+        else:
+            state = "desorbed"
         counts[state] += 1
-        out["molecules"].append({"index": int(c), "height_a": height, "bond_a": float(bond), "state": state})
+        out["molecules"].append({"index": int(c), "height_a": height, "bond_a": float(bond),
+                                 "substrate_a": float(c_sub), "state": state})
         if state != "adsorbed":
-            detail = f"C-O {bond:.2f} A" if state == "dissociated" else f"height {height:.2f} A above the top layer"
+            detail = (f"C-O {bond:.2f} A" if state == "dissociated" else
+                      f"height {height:.2f} A above the top layer, nearest substrate atom {c_sub:.2f} A")
             out["warnings"].append(f"{carbon} atom {int(c)}: {state.replace('_', ' ')} ({detail})")
     return out
