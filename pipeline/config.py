@@ -277,7 +277,7 @@ class TrainConfig:
     huber_delta_energy_ev_atom: float = 0.1
     huber_delta_force_ev_a: float = 1.0
     lf_data: str = "bulk_atoms"
-    agreement_mode: str = "symmetric"
+    agreement_mode: str = "anchored"
     lambda_energy: float = 100.0
     lambda_force: float = 40.0
     agreement_ramp_epochs: int = 60
