@@ -15,8 +15,9 @@ each with the chunk sizes of ``md.centres_per_chunk`` ("chunked") and in one pas
 - ``neighbor_build_ms``: one rebuild of the Verlet list (vesin, cutoff + skin), and
   ``neighbor_share_md``: its share of the step time at ``--rebuild-rate`` rebuilds per step (the
   default rate, 368 rebuilds in 10 000 steps, is what the default 10 ps NVE run measured);
-- ``peak_mib`` and ``kib_per_atom``: increase of the process's peak resident memory from just before
-  the first evaluation to the end (each case runs in a fresh process).
+- ``peak_mib`` and ``kib_per_atom``: increase of the process's peak resident memory (on CUDA: of the
+  device memory allocated by torch) from just before the first evaluation to the end (each case runs in
+  a fresh process).
 
 Weights are random (a model's cost does not depend on its weights); the architectures are the
 ``models.hf`` / ``models.lf`` presets of ``--config``. ``--profile N`` also writes the top operators of
@@ -84,7 +85,7 @@ def _setup(args: dict):
     potential = MixturePotential([models[n] for n in names], names=names)
     chunks = cfg.md.centres_per_chunk.for_experts(names) if chunked else 0
     evaluator = MixtureEvaluator(potential, numbers=atoms.numbers, expert=expert, skin=cfg.md.neighbor_skin_a,
-                                 device="cpu", centres_per_chunk=chunks)
+                                 device=args["device"], centres_per_chunk=chunks)
     return atoms, expert, evaluator, chunks
 
 
@@ -94,17 +95,29 @@ def worker(args: dict) -> dict:
 
     import numpy as np
 
+    import torch
+
     atoms, expert, evaluator, chunks = _setup(args)
+    cuda = evaluator.device.type == "cuda"
     evaluator.neighbors.update(atoms.positions, atoms.cell.array, atoms.pbc)  # first list, outside the memory delta
     base = _rss_kib("VmRSS")
-    for _ in range(max(args["warmup"], 1)):
-        evaluator(atoms.positions, atoms.cell.array, atoms.pbc)
-    times = []
-    for _ in range(args["repeats"]):
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(evaluator.device)
+        base_gpu = torch.cuda.memory_allocated(evaluator.device)
+
+    def step() -> float:
+        if cuda:
+            torch.cuda.synchronize(evaluator.device)
         start = time.perf_counter()
-        evaluator(atoms.positions, atoms.cell.array, atoms.pbc)
-        times.append(time.perf_counter() - start)
+        evaluator(atoms.positions, atoms.cell.array, atoms.pbc)  # returns NumPy arrays: synchronised
+        return time.perf_counter() - start
+
+    for _ in range(max(args["warmup"], 1)):
+        step()
+    times = [step() for _ in range(args["repeats"])]
     peak = _rss_kib("VmHWM")
+    if cuda:  # device memory is what bounds a GPU run
+        peak = base + (torch.cuda.max_memory_allocated(evaluator.device) - base_gpu) // 1024
     from pipeline.md.neighbors import neighbor_list
 
     builds = []
@@ -196,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hf-fraction", type=float, default=0.2, help="HF fraction of the mixture")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the profile is CPU-only)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rebuild-rate", type=float, default=368 / 10000,
@@ -214,20 +228,21 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.atomic import write_atomic
 
     common = {"config": args.config, "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats,
-              "warmup": args.warmup, "hf_fraction": args.hf_fraction}
+              "warmup": args.warmup, "hf_fraction": args.hf_fraction, "device": args.device}
     cases = [dict(common, size=n, mode=m, variant=v) for v in args.variants for n in args.sizes for m in MODES]
     rows = [_run_case(c) for c in tqdm(cases, desc="cases", unit="case")]
     table = build_table(rows, hf_fraction=args.hf_fraction, rebuild_rate=args.rebuild_rate)
-    table.insert(0, "precision", args.dtype)
-    table.insert(1, "threads", args.threads)
+    table.insert(0, "device", args.device)
+    table.insert(1, "precision", args.dtype)
+    table.insert(2, "threads", args.threads)
     csv_text = table.to_csv(index=False, float_format="%.5g")
     write_atomic(args.csv, lambda path: path.write_text(csv_text))
-    header = (f"# One MD step against system size (CPU, {args.threads} torch thread(s), {args.dtype}, "
+    header = (f"# One MD step against system size ({args.device}, {args.threads} torch thread(s), {args.dtype}, "
               f"median of {args.repeats} after {args.warmup} warm-up; random weights, presets of {args.config})\n\n")
     md_text = header + table.to_markdown(index=False, floatfmt=".4g") + "\n"
     write_atomic(args.markdown, lambda path: path.write_text(md_text))
     if args.profile:
-        profile(dict(common, size=args.profile), args.profile_markdown, top=15)
+        profile(dict(common, size=args.profile, device="cpu"), args.profile_markdown, top=15)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
 
