@@ -67,9 +67,10 @@ class MixturePotential(torch.nn.Module):
     centres_per_chunk : int or sequence of int (one per expert)
         0 (default): one forward pass over all centres and one backward pass. N > 0: each expert's centres
         are evaluated in chunks of at most N (its own entry of the sequence; 0 there = all its centres in
-        one chunk), each chunk with its own backward pass, and the results summed (exact: energies, forces and stress are sums over centres). The activations of one chunk
-        stay in the CPU caches, so the cost per atom stops growing with the system size and the memory is
-        bounded by the chunk (measured by benchmarks/bench_md_step.py).
+        one chunk), each chunk with its own backward pass, and the results summed (exact: energies,
+        forces and stress are sums over centres). The activations of one chunk stay in the CPU caches, so
+        the cost per atom stops growing with the system size and the memory is bounded by the chunk
+        (measured by benchmarks/bench_md_step.py).
     """
 
     def __init__(self, experts: Sequence[AllegroModel], *, names: Sequence[str] | None = None) -> None:
@@ -227,17 +228,25 @@ class MixturePotential(torch.nn.Module):
         cell volume), :data:`keys.DESCRIPTORS`, :data:`keys.CENTER_MASK`.
         """
         if not any(self.chunk_size(k) for k in range(len(self.experts))):
-            return evaluate_with_derivatives(
-                lambda pos, strain: self.atomic_outputs(batch, expert=expert, positions=pos, strain=strain,
-                                                        centers=centers, split=split),
-                batch,
-                dtype=self.dtype,
-                compute_forces=compute_forces,
-                compute_stress=compute_stress,
-                create_graph=False,
-            )
+            return self._pass(batch, expert, centers, split, compute_forces=compute_forces,
+                              compute_stress=compute_stress)
         return self._chunked_forward(batch, expert=expert, centers=centers, compute_forces=compute_forces,
                                      compute_stress=compute_stress, split=split)
+
+    def _pass(
+        self, batch: dict[str, torch.Tensor], expert: torch.Tensor, centers: torch.Tensor | Sequence[int] | None,
+        split: EdgeSplit | None, *, compute_forces: bool, compute_stress: bool,
+    ) -> dict[str, torch.Tensor]:
+        """One forward pass over ``centers`` (all atoms: None) and one backward pass."""
+        return evaluate_with_derivatives(
+            lambda pos, strain: self.atomic_outputs(batch, expert=expert, positions=pos, strain=strain,
+                                                    centers=centers, split=split),
+            batch,
+            dtype=self.dtype,
+            compute_forces=compute_forces,
+            compute_stress=compute_stress,
+            create_graph=False,
+        )
 
     def chunk_size(self, k: int) -> int:
         """Centres per chunk of expert ``k`` (0 = no chunking) from :attr:`centres_per_chunk`."""
@@ -291,12 +300,7 @@ class MixturePotential(torch.nn.Module):
             if sync:
                 torch.cuda.synchronize(pos.device)
             start = time.perf_counter()
-            out = evaluate_with_derivatives(
-                lambda p, strain, mask=mask: self.atomic_outputs(batch, expert=expert, positions=p, strain=strain,
-                                                                 centers=mask, split=split),
-                batch, dtype=self.dtype, compute_forces=compute_forces, compute_stress=compute_stress,
-                create_graph=False,
-            )
+            out = self._pass(batch, expert, mask, split, compute_forces=compute_forces, compute_stress=compute_stress)
             out = {key: value.detach() for key, value in out.items()}
             if total is None:
                 total = out
@@ -308,13 +312,9 @@ class MixturePotential(torch.nn.Module):
             timings[self.names[k]] += time.perf_counter() - start
         if self.record_timings:
             self.timings = timings
-        if total is None:  # no centre at all: the one-pass code gives the zeros with the right shapes
-            return evaluate_with_derivatives(
-                lambda p, strain: self.atomic_outputs(batch, expert=expert, positions=p, strain=strain,
-                                                      centers=centers, split=split),
-                batch, dtype=self.dtype, compute_forces=compute_forces, compute_stress=compute_stress,
-                create_graph=False,
-            )
+        if total is None:  # no centre at all: one pass gives the zeros with the right shapes
+            return self._pass(batch, expert, centers, split, compute_forces=compute_forces,
+                              compute_stress=compute_stress)
         return total
 
     def extra_repr(self) -> str:
