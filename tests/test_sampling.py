@@ -72,7 +72,7 @@ def test_every_family_and_config_type_present(frames):
     assert {f.info["family"] for f in frames} == set(FAMILIES)
     types = {f.info["config_type"] for f in frames}
     for t in ("eos", "strain", "rattle", "thermal", "ideal", "top", "bridge", "fcc", "hcp", "half_ml",
-              "approach", "co_gas"):
+              "approach", "close", "flipped", "lying", "hot", "co_gas"):
         assert t in types, t
     coverages = {round(f.info["coverage_ml"], 3) for f in frames if f.info["family"] == "slab_co"}
     assert {0.25, 0.5, 0.111} <= coverages
@@ -122,6 +122,27 @@ def test_geometry(frames):
     c = top.positions[top.numbers == 6][0]
     pt = top.positions[top.numbers == 78]
     assert np.linalg.norm(pt - c, axis=1).min() == pytest.approx(1.85, abs=1e-6)
+
+
+def test_close_contact_geometry(frames):
+    """Pressed, O-down and flat CO are where the config says (up to the 0.04 A rattle)."""
+    by_id = {f.info["structure_id"]: f for f in frames}
+
+    def parts(at):
+        symbols = np.array(at.get_chemical_symbols())
+        top = at.positions[symbols == "Pt", 2].max()
+        return at.positions[symbols == "C"][0], at.positions[symbols == "O"][0], top, at.positions[symbols == "Pt"]
+
+    c, o, top, pt = parts(by_id["slab_co-2x2-close-top-+1.25"])
+    assert np.linalg.norm(pt - c, axis=1).min() == pytest.approx(1.25, abs=0.2) and o[2] > c[2]
+    c, o, top, _ = parts(by_id["slab_co-2x2-close-fcc-+0.00"])
+    assert c[2] - top == pytest.approx(0.0, abs=0.2)  # C in the plane of the top layer
+    c, o, top, _ = parts(by_id["slab_co-2x2-flipped-top-+1.70"])
+    assert o[2] < c[2] and o[2] - top == pytest.approx(1.7, abs=0.2)
+    c, o, top, _ = parts(by_id["slab_co-2x2-lying-fcc-+1.40"])
+    assert abs(c[2] - o[2]) < 0.2 and np.linalg.norm(c - o) == pytest.approx(1.16, abs=0.2)
+    hot = [f for f in frames if f.info["config_type"] == "hot"]
+    assert len(hot) == 10 and len({f.info["group"] for f in hot}) == 10
 
 
 def test_split_chunks_covers_everything_once(frames):
