@@ -145,8 +145,7 @@ def evaluate(
             name: model(batch.graph(model.r_max), compute_stress=stress, create_graph=False)
             for name, model in (("hf", hf), ("lf", lf))
         }
-        huber = (weights.huber_energy, weights.huber_forces)
-        for name, (s, c) in batch_terms(outputs, batch, stress=stress, huber=huber).items():
+        for name, (s, c) in batch_terms(outputs, batch, stress=stress, huber=weights.huber).items():
             sums[TERMS.index(name)] += torch.stack([s.detach().to(torch.float64).cpu(), c.cpu()])
         pair_errors(errors, outputs, batch)
     sums = all_reduce_sum(sums, info)
@@ -262,7 +261,7 @@ def train_pair(
             extra = make_batch([data.extra[j] for j in local_extra], info.device) if len(local_extra) else None
             outputs = model(batch, extra, stress=stress, create_graph=True)
             terms = batch_terms(outputs, batch, extra, stress=stress, mode=cfg.agreement_mode, agreement=agreeing,
-                                huber=(cfg.huber_delta_energy_ev_atom, cfg.huber_delta_force_ev_a))
+                                huber=weights.huber)
             loss, values = weighted_total(terms, weights, global_counts=lambda c: all_reduce_sum(c, info),
                                           world_size=info.world_size)
             balance = balance_loss({n: outputs[n] for n in EXPERTS})  # None unless an expert has MoE layers

@@ -56,6 +56,11 @@ class LossWeights:
     huber_energy: float = 0.0  # Huber thresholds of the data terms (eV/atom, eV/A); 0 = squared error
     huber_forces: float = 0.0
 
+    @property
+    def huber(self) -> tuple[float, float]:
+        """``(huber_energy, huber_forces)``, as :func:`pipeline.train.pair.batch_terms` takes them."""
+        return (self.huber_energy, self.huber_forces)
+
     def of(self, name: str) -> float:
         """Weight of a term named ``<expert>_<kind>`` or ``agree_<kind>``."""
         if name.startswith("agree_"):
