@@ -104,7 +104,7 @@ def test_mixture_passes_the_model_output_checker():
 def test_chunked_evaluation_equals_one_pass(chunks):
     """Centres in chunks (each with its own backward pass) give the one-pass energies, forces and stress."""
     one_pass, chunked = mixture(), mixture()
-    chunked.centres_per_chunk = chunks
+    chunked.set_centres_per_chunk(chunks)
     frames = [tiny_slab(), pt_bulk(repeat=(2, 2, 2), cubic=True, rattle=0.1)]
     for atoms, expert in ((frames[0], slab_partition(frames[0])),
                           (frames[1], (np.arange(len(frames[1])) % 3 == 0).astype(np.int64))):

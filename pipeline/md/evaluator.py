@@ -104,12 +104,7 @@ class MixtureEvaluator:
         self.device = torch.device(device) if device is not None else next(potential.parameters()).device
         self.potential = potential.to(self.device).eval()
         if centres_per_chunk is not None:
-            sizes = [centres_per_chunk] if isinstance(centres_per_chunk, int) else list(centres_per_chunk)
-            if any(int(n) < 0 for n in sizes):
-                raise ValueError(f"centres_per_chunk must be >= 0, got {centres_per_chunk}")
-            self.potential.centres_per_chunk = (int(centres_per_chunk) if isinstance(centres_per_chunk, int)
-                                                else tuple(int(n) for n in centres_per_chunk))
-            self.potential.chunk_size(0)  # a sequence of the wrong length fails here, not mid-run
+            self.potential.set_centres_per_chunk(centres_per_chunk)
         self.potential.record_timings = True
         numbers = np.asarray(numbers, dtype=np.int64)
         expert = np.asarray(expert, dtype=np.int64)

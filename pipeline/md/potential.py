@@ -64,7 +64,7 @@ class MixturePotential(torch.nn.Module):
         Wall time (s) of the last evaluation of each expert, recorded when ``record_timings`` is True
         (CUDA is synchronised around each expert then): the forward (energy) pass in one-pass mode,
         forward and backward in chunked mode.
-    centres_per_chunk : int or sequence of int (one per expert)
+    centres_per_chunk : int or tuple of int (one per expert); set with :meth:`set_centres_per_chunk`
         0 (default): one forward pass over all centres and one backward pass. N > 0: each expert's centres
         are evaluated in chunks of at most N (its own entry of the sequence; 0 there = all its centres in
         one chunk), each chunk with its own backward pass, and the results summed (exact: energies,
@@ -248,14 +248,19 @@ class MixturePotential(torch.nn.Module):
             create_graph=False,
         )
 
+    def set_centres_per_chunk(self, sizes: int | Sequence[int]) -> None:
+        """Set :attr:`centres_per_chunk`: one size for every expert or one per expert, each >= 0."""
+        values = [sizes] if isinstance(sizes, int) else list(sizes)
+        if any(int(n) < 0 for n in values):
+            raise ValueError(f"centres_per_chunk must be >= 0, got {sizes}")
+        if not isinstance(sizes, int) and len(values) != len(self.experts):
+            raise ValueError(f"centres_per_chunk needs one entry per expert ({len(self.experts)}), got {values}")
+        self.centres_per_chunk = int(sizes) if isinstance(sizes, int) else tuple(int(n) for n in values)
+
     def chunk_size(self, k: int) -> int:
         """Centres per chunk of expert ``k`` (0 = no chunking) from :attr:`centres_per_chunk`."""
         size = self.centres_per_chunk
-        if isinstance(size, int):
-            return max(size, 0)
-        if len(size) != len(self.experts):
-            raise ValueError(f"centres_per_chunk needs one entry per expert ({len(self.experts)}), got {list(size)}")
-        return max(int(size[k]), 0)
+        return size if isinstance(size, int) else size[k]
 
     def centre_chunks(self, expert: torch.Tensor, centers: torch.Tensor | Sequence[int] | None = None
                       ) -> list[tuple[int, torch.Tensor]]:
