@@ -10,8 +10,11 @@ each with the chunk sizes of ``md.centres_per_chunk`` ("chunked") and in one pas
 - ``step_ms``: median wall time of one step (``--repeats`` after ``--warmup``), one torch thread;
 - ``us_per_atom`` and ``linearity``: cost per atom relative to that of the smallest size of the same
   case (1.0 = perfectly linear);
-- ``speedup_vs_hf``, ``ideal_speedup`` = 1 / (f + (1 - f) c_LF / c_HF) from the per-atom costs of full
-  HF and full LF of the same size and variant, and ``fraction_of_ideal``;
+- ``speedup_vs_hf``, the edge bound ``ideal_speedup`` = 1 / (e_H + e_L c_LF / c_HF) from the per-edge
+  costs of full HF and full LF of the same size and variant (e_H, e_L: the mixture's edges centred on HF
+  / LF atoms within each expert's r_max, over the edges of full HF; ``edges_hf``, ``edges_lf`` per case;
+  see :mod:`pipeline.analysis.speed`), ``fraction_of_ideal``, and the naive atom-fraction bound
+  ``ideal_speedup_atoms`` = 1 / (f + (1 - f) c_LF / c_HF) with per-atom costs;
 - ``neighbor_build_ms``: one rebuild of the Verlet list (vesin, cutoff + skin), and
   ``neighbor_share_md``: its share of the step time at ``--rebuild-rate`` rebuilds per step (the
   default rate, 368 rebuilds in 10 000 steps, is what the default 10 ps NVE run measured);
@@ -118,8 +121,12 @@ def worker(args: dict) -> dict:
     peak = _rss_kib("VmHWM")
     if cuda:  # device memory is what bounds a GPU run
         peak = base + (torch.cuda.max_memory_allocated(evaluator.device) - base_gpu) // 1024
+    from pipeline.analysis.speed import expert_edges
     from pipeline.md.neighbors import neighbor_list
 
+    potential = evaluator.potential
+    counts = expert_edges(atoms, expert, [float(m.r_max) for m in potential.experts])
+    edges = {f"edges_{name}": int(count) for name, count in zip(potential.names, counts)}
     builds = []
     verlet = evaluator.neighbors
     for _ in range(3):  # what one rebuild of the Verlet list costs
@@ -133,6 +140,7 @@ def worker(args: dict) -> dict:
         "step_ms": 1000.0 * statistics.median(times), "best_ms": 1000.0 * min(times),
         "neighbor_build_ms": 1000.0 * statistics.median(builds), "peak_mib": max(peak - base, 0) / 1024.0,
         "n_edges": int(evaluator.neighbors.edge_index.shape[1]),
+        "edges_hf": edges.get("edges_hf", 0), "edges_lf": edges.get("edges_lf", 0),
     }
 
 
@@ -174,7 +182,7 @@ def _run_case(case: dict) -> dict:
 
 
 def build_table(rows: list[dict], *, hf_fraction: float, rebuild_rate: float):
-    """Derived columns: per-atom cost, linearity, speedups, ideal bound, neighbour-list share."""
+    """Derived columns: per-atom cost, linearity, speedups, ideal bounds (edges, atoms), neighbour-list share."""
     import pandas as pd
 
     from pipeline.analysis.speed import ideal_speedup
@@ -185,16 +193,21 @@ def build_table(rows: list[dict], *, hf_fraction: float, rebuild_rate: float):
     smallest = table.loc[table.groupby(["mode", "variant"])["n_atoms"].idxmin()].set_index(["mode", "variant"])
     table["linearity"] = [r.us_per_atom / smallest.loc[(r.mode, r.variant), "us_per_atom"] for r in table.itertuples()]
     ref = table.set_index(["n_atoms", "variant", "mode"])
-    speedup, ideal = [], []
+    speedup, ideal, ideal_atoms, edge_fraction = [], [], [], []
     for r in table.itertuples():
-        t_hf = ref.loc[(r.n_atoms, r.variant, "hf"), "step_ms"]
-        t_lf = ref.loc[(r.n_atoms, r.variant, "lf"), "step_ms"]
+        hf, lf = ref.loc[(r.n_atoms, r.variant, "hf")], ref.loc[(r.n_atoms, r.variant, "lf")]
         f = {"hf": 1.0, "lf": 0.0}.get(r.mode, r.n_hf / r.n_atoms)
-        speedup.append(t_hf / r.step_ms)
-        ideal.append(ideal_speedup(f, c_hf=t_hf, c_lf=t_lf))
+        speedup.append(hf["step_ms"] / r.step_ms)
+        e_hf, e_lf = r.edges_hf / hf["edges_hf"], r.edges_lf / hf["edges_hf"]
+        edge_fraction.append(e_hf)
+        ideal.append(ideal_speedup(e_hf, e_lf=e_lf, c_hf=hf["step_ms"] / hf["edges_hf"],
+                                   c_lf=lf["step_ms"] / lf["edges_lf"]))
+        ideal_atoms.append(ideal_speedup(f, c_hf=hf["step_ms"], c_lf=lf["step_ms"]))
+    table["hf_edge_fraction"] = edge_fraction
     table["speedup_vs_hf"] = speedup
     table["ideal_speedup"] = ideal
     table["fraction_of_ideal"] = table["speedup_vs_hf"] / table["ideal_speedup"]
+    table["ideal_speedup_atoms"] = ideal_atoms
     table["neighbor_share_md"] = rebuild_rate * table["neighbor_build_ms"] / table["step_ms"]
     table.insert(2, "hf_fraction", [{"hf": 1.0, "lf": 0.0}.get(m, n / a) for m, n, a in
                                     zip(table["mode"], table["n_hf"], table["n_atoms"])])

@@ -41,3 +41,41 @@ def experts(*, dtype: torch.dtype = torch.float64, lf_r_max: float = 3.5) -> tup
 def mixture(**kwargs) -> MixturePotential:
     hf, lf = experts(**kwargs)
     return MixturePotential([hf, lf], names=("hf", "lf"))
+
+
+def pt_slab(*, surface_size: tuple[int, int] = (3, 3), layers: int = 4) -> Atoms:
+    """A bare Pt(111) slab (36 atoms by default), unrattled."""
+    return build_production_cell(MDSystemConfig(surface_size=surface_size, layers=layers, n_co=0, vacuum_a=5.0))
+
+
+class EMTEvaluator:
+    """ASE's EMT (a stable Pt potential, unlike the untrained experts) behind the evaluator's interface.
+
+    For driver tests that need physical dynamics (temperatures, equilibration); positions in the frame of
+    ``atoms``' cell (the LAMMPS frame of these slabs is the ASE frame).
+    """
+
+    def __init__(self, atoms: Atoms) -> None:
+        from types import SimpleNamespace
+
+        from ase.calculators.emt import EMT
+
+        self.atoms = atoms.copy()
+        self.atoms.calc = EMT()
+        self.neighbors = SimpleNamespace(skin=1.0)
+        self.potential = SimpleNamespace(species=SPECIES)
+        self.n_calls = 0
+
+    def __call__(self, positions, cell, pbc, *, virial: bool = False):
+        from pipeline.md.evaluator import Evaluation
+
+        self.n_calls += 1
+        self.atoms.positions = positions
+        distances = self.atoms.get_all_distances(mic=True) + np.eye(len(self.atoms)) * 1e9
+        i, j = np.unravel_index(np.argmin(distances), distances.shape)
+        return Evaluation(energy=self.atoms.get_potential_energy(), energies=self.atoms.get_potential_energies(),
+                          forces=self.atoms.get_forces(), virial=None, min_distance=float(distances[i, j]),
+                          closest_pair=(int(i), int(j)))
+
+    def timing_summary(self) -> dict[str, float]:
+        return {"calls": self.n_calls}

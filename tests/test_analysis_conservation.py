@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.analysis.conservation import conservation_table, timestep_fs
+from pipeline.analysis.conservation import COLUMNS, conservation_table, timestep_fs
 from pipeline.cli import main
 
 
@@ -31,6 +31,32 @@ def test_linear_drift_is_recovered(tmp_path):
     assert row["timestep_fs"] == pytest.approx(2.0)
     assert row["length_ps"] == pytest.approx(0.4)
     assert set(traces) == {"moe_cotrained"}
+
+
+def test_production_figures_and_the_temperature_against_its_target(tmp_path):
+    # 100 rows of a hot, drifting equilibration, then 201 rows of production at ~290 K with correlated noise
+    rng = np.random.default_rng(3)
+    step = np.arange(0, 3001, 10)
+    t = step * 1e-3
+    noise = np.convolve(rng.normal(0.0, 1e-3, size=t.size + 19), np.ones(20) / np.sqrt(20), mode="valid")
+    production = step >= 1000
+    e = np.where(production, -300.0 + 0.05 * (t - 1.0) + noise, -290.0 - 3.0 * t)
+    temp = np.where(production, 290.0 + 5.0 * np.sin(t * 40.0), 600.0)
+    pd.DataFrame({"step": step, "time_ps": t, "atoms": 50, "temp_k": temp, "etotal_ev": e, "econserve_ev": e,
+                  "phase": np.where(production, "production", "equilibration")}).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "s.json").write_text(json.dumps({"n_fixed": 10, "target_temperature_k": 300.0, "ensemble": "nve"}))
+    table, traces = conservation_table(["moe_cotrained"], [tmp_path / "t.csv"], [tmp_path / "s.json"])
+    assert tuple(table.columns) == COLUMNS
+    row = table.iloc[0]
+    assert row["length_ps"] == pytest.approx(2.0) and row["equilibration_ps"] == pytest.approx(1.0)
+    assert row["drift_mev_atom_ps"] == pytest.approx(1.0, abs=5 * row["drift_stderr_mev_atom_ps"])
+    assert row["drift_mev_mobile_atom_ps"] == pytest.approx(row["drift_mev_atom_ps"] * 50 / 40)
+    assert row["n_mobile"] == 40
+    # a moving average over 20 rows: the blocked error is well above the naive one (~sqrt(20) for the slope)
+    assert row["drift_stderr_mev_atom_ps"] > 2.5 * row["drift_stderr_naive_mev_atom_ps"]
+    assert row["mean_temperature_k"] == pytest.approx(290.0, abs=1.0)
+    assert row["target_temperature_k"] == 300.0
+    assert len(traces["moe_cotrained"]) == len(step)  # the trace keeps the equilibration (shaded in the plot)
 
 
 def test_timestep_from_thermo():

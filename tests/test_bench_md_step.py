@@ -1,4 +1,4 @@
-"""The derived columns of benchmarks/bench_md_step.py (per-atom cost, linearity, ideal bound)."""
+"""The derived columns of benchmarks/bench_md_step.py (per-atom cost, linearity, ideal bounds)."""
 
 import importlib.util
 from pathlib import Path
@@ -12,8 +12,12 @@ _spec.loader.exec_module(bench)
 
 
 def _row(n, mode, ms, n_hf=0, variant="chunked"):
+    # 40 edges per atom, except the mixture's HF atoms (at the surface): 30
+    edges_hf = {"hf": 40 * n, "lf": 0}.get(mode, 30 * n_hf)
+    edges_lf = {"hf": 0, "lf": 40 * n}.get(mode, 40 * (n - n_hf))
     return {"n_atoms": n, "mode": mode, "variant": variant, "centres_per_chunk": 0, "n_hf": n_hf, "step_ms": ms,
-            "best_ms": ms, "neighbor_build_ms": 2.0, "peak_mib": n / 1024.0, "n_edges": 40 * n}
+            "best_ms": ms, "neighbor_build_ms": 2.0, "peak_mib": n / 1024.0, "n_edges": 40 * n,
+            "edges_hf": edges_hf, "edges_lf": edges_lf}
 
 
 def test_derived_columns():
@@ -24,11 +28,15 @@ def test_derived_columns():
     assert table.loc[("hf", 1000), "linearity"] == pytest.approx(1.2)
     assert table.loc[("lf", 1000), "linearity"] == pytest.approx(1.0)
     assert table.loc[("moe", 500), "speedup_vs_hf"] == pytest.approx(500 / 140)
-    ideal = 1.0 / (0.2 + 0.8 * 0.1)
+    # per-edge costs 1/40 and 0.1/40 ms; the mixture's HF atoms carry 30 edges: e_H = 0.15, e_L = 0.8
+    ideal = 1.0 / (0.15 + 0.8 * 0.1)
+    assert table.loc[("moe", 500), "hf_edge_fraction"] == pytest.approx(0.15)
     assert table.loc[("moe", 500), "ideal_speedup"] == pytest.approx(ideal)
     assert table.loc[("moe", 500), "fraction_of_ideal"] == pytest.approx(500 / 140 / ideal)
+    assert table.loc[("moe", 500), "ideal_speedup_atoms"] == pytest.approx(1.0 / (0.2 + 0.8 * 0.1))
     assert table.loc[("hf", 500), "ideal_speedup"] == pytest.approx(1.0)
     assert table.loc[("lf", 500), "ideal_speedup"] == pytest.approx(10.0)
+    assert table.loc[("lf", 500), "fraction_of_ideal"] == pytest.approx(1.0)
     assert table.loc[("hf", 500), "kib_per_atom"] == pytest.approx(1.0)
     assert table.loc[("hf", 500), "neighbor_share_md"] == pytest.approx(0.05 * 2.0 / 500)
     assert table.loc[("moe", 1000), "hf_fraction"] == pytest.approx(0.2)

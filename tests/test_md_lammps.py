@@ -12,7 +12,7 @@ import torch
 from ase import units
 from ase.geometry import find_mic
 from ase.io import read
-from md_support import experts, mixture, slab_partition, tiny_slab
+from md_support import EMTEvaluator, experts, mixture, pt_slab, slab_partition, tiny_slab
 
 from pipeline.config import MDRunConfig, MDSafetyConfig, RegionConfig
 from pipeline.md import MixtureCalculator, MixtureEvaluator, MixturePotential
@@ -20,7 +20,7 @@ from pipeline.md.lammps_driver import LammpsMD, MDFiles, MDSystem
 from pipeline.md.lammps_io import import_lammps, truncate_dump
 from pipeline.md.partition import bottom_layers
 from pipeline.md.safety import MDBlowUpError
-from pipeline.md.thermo import energy_drift
+from pipeline.md.thermo import energy_drift, production_rows
 from pipeline.models.testing import pt_bulk
 
 torch.set_num_threads(1)
@@ -48,8 +48,8 @@ def driver(directory, run: MDRunConfig, *, atoms=None, safety: MDSafetyConfig = 
 
 
 def nve(**overrides) -> MDRunConfig:
-    values = dict(ensemble="nve", timestep_fs=0.5, steps=200, temperature_k=300.0, thermo_interval=10,
-                  dump_interval=50, restart_interval=100)
+    values = dict(ensemble="nve", timestep_fs=0.5, steps=200, equilibration_steps=0, temperature_k=300.0,
+                  thermo_interval=10, dump_interval=50, restart_interval=100)
     values.update(overrides)
     return MDRunConfig(**values)
 
@@ -120,9 +120,11 @@ def test_pressure_comes_from_the_virial(tmp_path):
 
 @pytest.mark.parametrize("ensemble", ["nvt_langevin", "nvt_nose_hoover"])
 def test_thermostats_exchange_energy_that_econserve_accounts_for(tmp_path, ensemble):
-    run = nve(ensemble=ensemble, steps=200, temperature_k=600.0, thermostat_damping_fs=10.0)
+    # 100 steps of the Langevin equilibration, then 100 of the production thermostat
+    run = nve(ensemble=ensemble, equilibration_steps=100, steps=100, temperature_k=600.0, thermostat_damping_fs=10.0)
     driver(tmp_path, run).run()
     thermo = pd.read_csv(tmp_path / "thermo.csv")
+    assert thermo["phase"].tolist() == ["equilibration"] * 10 + ["production"] * 11
     n = int(thermo["atoms"].iloc[0])
     total = (thermo["etotal_ev"] - thermo["etotal_ev"].iloc[0]).abs().max() / n
     conserved = (thermo["econserve_ev"] - thermo["econserve_ev"].iloc[0]).abs().max() / n
@@ -168,6 +170,83 @@ def test_restart_continues_the_run(tmp_path, monkeypatch, ensemble):
     for x, y in zip(a, b):  # LAMMPS wraps atoms at other steps after a restart: compare modulo the cell
         difference, _ = find_mic(x.positions - y.positions, x.cell, pbc=x.pbc)
         np.testing.assert_allclose(difference, 0.0, atol=1e-8)
+
+
+def test_equilibration_brings_the_run_to_the_target_temperature_and_is_left_out_of_the_fit(tmp_path):
+    # a Pt slab at rest (0 K) under EMT: 500 fs of Langevin at 300 K (10 damping times), then 500 fs of NVE
+    atoms = pt_slab()
+    fixed = bottom_layers(atoms, 1, RegionConfig())
+    run = nve(equilibration_steps=250, steps=250, timestep_fs=2.0, thermostat_damping_fs=50.0, restart_interval=1000)
+    system = MDSystem(atoms, np.zeros(len(atoms), dtype=np.int64), fixed, velocities=np.zeros((len(atoms), 3)))
+    LammpsMD(EMTEvaluator(atoms), system, run, MDSafetyConfig(), files_in(tmp_path), seed=1, fingerprint="eq").run()
+    thermo = pd.read_csv(tmp_path / "thermo.csv")
+    assert thermo["step"].tolist() == list(range(0, 501, 10))
+    assert (thermo["phase"] == np.where(thermo["step"] < 250, "equilibration", "production")).all()
+    assert thermo["temp_k"].iloc[0] == 0.0
+    equilibration, production = thermo.iloc[:25], thermo.iloc[25:]
+    assert equilibration["temp_k"].iloc[12:].mean() == pytest.approx(300.0, rel=0.2)
+    figures = energy_drift(thermo, n_mobile=int((~fixed).sum()))
+    assert figures["mean_temperature_k"] == pytest.approx(300.0, rel=0.15)
+    # the fit sees the production rows only
+    alone = energy_drift(production.drop(columns="phase"), n_mobile=int((~fixed).sum()))
+    assert {k: v for k, v in figures.items() if k != "equilibration_ps"} == \
+        {k: v for k, v in alone.items() if k != "equilibration_ps"}
+    assert figures["length_ps"] == pytest.approx(0.5) and figures["equilibration_ps"] == pytest.approx(0.5)
+    assert figures["drift_mev_mobile_atom_ps"] == pytest.approx(figures["drift_mev_atom_ps"] * len(atoms) / 27)
+    # the heat put in by the thermostat stays in ecouple as a constant; econserve runs on through the boundary
+    assert production["ecouple_ev"].nunique() == 1 and production["ecouple_ev"].iloc[0] < -0.3
+    n = len(atoms)
+    assert (production["econserve_ev"] - production["econserve_ev"].iloc[0]).abs().max() / n < 2e-5
+    assert (thermo["econserve_ev"] - thermo["econserve_ev"].iloc[0]).abs().max() / n < 1e-3
+    np.testing.assert_allclose(production["econserve_ev"], production["etotal_ev"] + production["ecouple_ev"])
+
+
+def _kill_at(monkeypatch, step: int) -> None:
+    """Make the next run raise once its snapshot reaches ``step`` (as a killed job)."""
+    original = LammpsMD._snapshot
+
+    def killed(self):
+        snapshot = original(self)
+        if snapshot["step"] >= step:
+            monkeypatch.setattr(LammpsMD, "_snapshot", original)
+            raise KeyboardInterrupt("killed")
+        return snapshot
+
+    monkeypatch.setattr(LammpsMD, "_snapshot", killed)
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "nvt_nose_hoover"])
+def test_restart_across_the_phase_boundary(tmp_path, monkeypatch, ensemble):
+    run = nve(ensemble=ensemble, equilibration_steps=50, steps=50, restart_interval=40, dump_interval=20,
+              thermostat_damping_fs=20.0)
+    driver(tmp_path / "whole", run).run()
+    whole = pd.read_csv(tmp_path / "whole" / "thermo.csv").drop(columns="wall_s")
+    assert whole["phase"].tolist() == ["equilibration"] * 5 + ["production"] * 6
+
+    # killed in the production phase: resumed from the restart at step 80 with the production's fixes, exactly
+    _kill_at(monkeypatch, 90)
+    with pytest.raises(KeyboardInterrupt):
+        driver(tmp_path / "late", run).run()
+    assert json.loads((tmp_path / "late" / "state" / "progress.json").read_text())["step"] == 80
+    assert driver(tmp_path / "late", run).run()["start_step"] == 80
+    late = pd.read_csv(tmp_path / "late" / "thermo.csv").drop(columns="wall_s")
+    pd.testing.assert_frame_equal(late, whole, check_exact=False, atol=1e-9, rtol=0)
+
+    # killed in the equilibration: resumed from step 40, the run crosses the boundary itself (new Langevin noise)
+    _kill_at(monkeypatch, 45)
+    with pytest.raises(KeyboardInterrupt):
+        driver(tmp_path / "early", run).run()
+    assert driver(tmp_path / "early", run).run()["start_step"] == 40
+    early = pd.read_csv(tmp_path / "early" / "thermo.csv").drop(columns="wall_s")
+    assert early[["step", "phase"]].equals(whole[["step", "phase"]])
+    pd.testing.assert_frame_equal(early.iloc[:5], whole.iloc[:5], check_exact=False, atol=1e-9, rtol=0)
+    produced = production_rows(early)
+    assert not np.allclose(produced["pe_ev"], production_rows(whole)["pe_ev"])
+    n = int(early["atoms"].iloc[0])
+    assert (produced["econserve_ev"] - produced["econserve_ev"].iloc[0]).abs().max() / n < 1e-4
+    if ensemble == "nve":
+        assert produced["ecouple_ev"].nunique() == 1
+    assert len(read(tmp_path / "early" / "dump.lammpstrj", index=":", format="lammps-dump-text")) == 6
 
 
 def test_truncate_dump_keeps_earlier_frames(tmp_path):

@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.config import MDSafetyConfig, config_from_dict
 from pipeline.md.evaluator import Evaluation
 from pipeline.md.safety import check_evaluation, check_thermo
-from pipeline.md.thermo import conservation_row, energy_drift
+from pipeline.md.thermo import blocking_variance_of_mean, conservation_row, energy_drift
 from pipeline.models import save_checkpoint
 
 
@@ -31,9 +31,70 @@ def test_energy_drift_recovers_a_known_slope_and_noise():
     assert figures["fluctuation_mev_atom"] == pytest.approx(1e-3 / n_atoms * 1000, rel=0.1)
     # standard error of a least-squares slope with independent noise: sigma / sqrt(sum (t - mean t)^2)
     expected = 1e-3 / np.sqrt(np.sum((t - t.mean()) ** 2)) / n_atoms * 1000
-    assert figures["drift_stderr_mev_atom_ps"] == pytest.approx(expected, rel=0.15)
+    assert figures["drift_stderr_naive_mev_atom_ps"] == pytest.approx(expected, rel=0.15)
+    assert figures["drift_stderr_mev_atom_ps"] == pytest.approx(expected, rel=0.15)  # nothing to correct
+    assert np.isnan(figures["mean_temperature_k"]) and np.isnan(figures["drift_mev_mobile_atom_ps"])
     with pytest.raises(ValueError, match="two thermo rows"):
         energy_drift(table.iloc[:1])
+
+
+def _ar1(n: int, phi: float, rng: np.random.Generator) -> np.ndarray:
+    """AR(1) series x_i = phi x_(i-1) + e_i, e ~ N(0, 1), started in its stationary state (variance 1 / (1 - phi^2))."""
+    noise = rng.normal(size=n)
+    x = np.empty(n)
+    x[0] = noise[0] / np.sqrt(1.0 - phi**2)
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + noise[i]
+    return x
+
+
+def test_blocking_gives_the_variance_of_the_mean_of_a_correlated_series():
+    n, phi = 16384, 0.8
+    x = _ar1(n, phi, np.random.default_rng(1))
+    variance, block = blocking_variance_of_mean(x)
+    # exact: Var(mean) = s^2 / n [(1 + phi) / (1 - phi) - 2 phi (1 - phi^n) / (n (1 - phi)^2)], s^2 = 1 / (1 - phi^2)
+    truth = 1.0 / (1.0 - phi**2) / n * ((1 + phi) / (1 - phi) - 2 * phi * (1 - phi**n) / (n * (1 - phi) ** 2))
+    assert np.sqrt(variance / truth) == pytest.approx(1.0, abs=0.15)
+    assert variance > 5 * np.var(x) / n and block >= 16  # the naive estimate is 9x too small here
+    white = np.random.default_rng(2).normal(size=n)
+    assert blocking_variance_of_mean(white)[0] == pytest.approx(1.0 / n, rel=0.1)
+    assert blocking_variance_of_mean(np.ones(10)) == (0.0, 1)
+
+
+def test_drift_stderr_accounts_for_correlated_noise():
+    # a line plus AR(1) noise of correlation time ~ 9 rows: the naive slope error is 3x too small
+    n, phi, sigma, n_atoms = 16384, 0.8, 1e-3, 10
+    t = np.arange(n) * 0.01  # ps
+    energy = -100.0 + 0.002 * t + sigma * _ar1(n, phi, np.random.default_rng(0))
+    figures = energy_drift(pd.DataFrame({"time_ps": t, "econserve_ev": energy, "atoms": n_atoms}), n_mobile=8)
+    # exact: Var(slope) = sum_ij w_i w_j Cov(x_i, x_j), w = (t - mean t) / sum (t - mean t)^2, Cov = s^2 phi^|i-j|
+    w = (t - t.mean()) / np.sum((t - t.mean()) ** 2)
+    covariance = sum((1 if k == 0 else 2) * phi**k * np.dot(w[: n - k], w[k:]) for k in range(300))
+    truth = sigma * np.sqrt(covariance / (1.0 - phi**2)) * 1000.0 / n_atoms  # meV/atom/ps
+    assert figures["drift_stderr_mev_atom_ps"] == pytest.approx(truth, rel=0.2)
+    assert figures["drift_stderr_naive_mev_atom_ps"] < 0.5 * truth
+    assert figures["drift_stderr_mev_atom_ps"] > 2 * figures["drift_stderr_naive_mev_atom_ps"]
+    assert figures["statistical_inefficiency"] == pytest.approx((1 + phi) / (1 - phi), rel=0.4)
+    assert figures["drift_mev_atom_ps"] == pytest.approx(0.2, abs=3 * truth)
+    assert figures["drift_mev_mobile_atom_ps"] == pytest.approx(figures["drift_mev_atom_ps"] * n_atoms / 8)
+
+
+def test_energy_drift_fits_the_production_rows_only():
+    step = np.arange(0, 201, 10)
+    t = step * 1e-3
+    phase = np.where(step < 100, "equilibration", "production")
+    # a hot, drifting equilibration, then a flat production at 300 K
+    energy = np.where(step < 100, -50.0 + 5.0 * t, -49.0)
+    temp = np.where(step < 100, 900.0, 300.0)
+    table = pd.DataFrame({"step": step, "time_ps": t, "atoms": 5, "econserve_ev": energy, "etotal_ev": energy,
+                          "temp_k": temp, "phase": phase})
+    figures = energy_drift(table)
+    assert figures["drift_mev_atom_ps"] == pytest.approx(0.0, abs=1e-9)
+    assert figures["max_deviation_mev_atom"] == pytest.approx(0.0, abs=1e-9)
+    assert figures["mean_temperature_k"] == pytest.approx(300.0)
+    assert figures["length_ps"] == pytest.approx(0.1) and figures["equilibration_ps"] == pytest.approx(0.1)
+    assert figures["n_rows"] == 11
+    assert energy_drift(table.drop(columns="phase"))["drift_mev_atom_ps"] != pytest.approx(0.0, abs=1e-3)
 
 
 def test_safety_checks():
@@ -60,8 +121,8 @@ def test_md_stage_through_the_cli(tmp_path):
     raw = config_from_dict({}).to_dict()
     raw["md"]["system"].update(surface_size=[2, 2], layers=3, n_co=1, vacuum_a=5.0)
     raw["md"]["partition"]["radius_a"] = 3.0
-    raw["md"]["run"].update(steps=30, timestep_fs=0.5, thermo_interval=5, dump_interval=10, restart_interval=10,
-                            fixed_bottom_layers=1)
+    raw["md"]["run"].update(equilibration_steps=10, steps=20, timestep_fs=0.5, thermo_interval=5, dump_interval=10,
+                            restart_interval=10, fixed_bottom_layers=1)
     config = ["--config-json", json.dumps(raw)]
     cell, png = tmp_path / "cell.extxyz", tmp_path / "cell.png"
     assert main(["md-system", *config, "--cell", str(cell), "--png", str(png)]) == 0
@@ -77,9 +138,10 @@ def test_md_stage_through_the_cli(tmp_path):
         summaries[run] = json.loads((out / "summary.json").read_text())
         thermo = pd.read_csv(out / "thermo.csv")
         assert thermo["step"].tolist() == [0, 5, 10, 15, 20, 25, 30]
+        assert thermo["phase"].tolist() == ["equilibration"] * 2 + ["production"] * 5
         assert len(read(out / "dump.lammpstrj", index=":", format="lammps-dump-text")) == 4
         row = conservation_row(out / "thermo.csv", run=run, precision="float64", timestep_fs=0.5)
-        assert row["length_ps"] == pytest.approx(0.015) and abs(row["drift_mev_atom_ps"]) < 50
+        assert row["length_ps"] == pytest.approx(0.01) and abs(row["drift_mev_atom_ps"]) < 50
     moe, single = summaries["moe"], summaries["lf"]
     assert moe["experts"] == ["hf", "lf"] and moe["n_hf"] == 6 and moe["n_fixed"] == 4 and moe["n_atoms"] == 14
     assert single["experts"] == ["lf"] and single["n_hf"] == 0
@@ -92,6 +154,11 @@ def test_md_stage_through_the_cli(tmp_path):
     assert set(read(tmp_path / "lf" / "final.extxyz").get_chemical_symbols()) == {"Pt"}
     assert moe["forward_hf_s"] > 0 and moe["forward_lf_s"] > 0 and moe["step_time_s"] > 0
     assert moe["precision"] == "float64" and moe["device"] == "cpu"
+    assert moe["equilibration_steps"] == 10 and moe["steps"] == 20 and moe["steps_run"] == 30
+    assert moe["target_temperature_k"] == 300.0 and moe["equilibration_ps"] == pytest.approx(0.005)
+    assert moe["n_mobile"] == 10 and moe["thermo_rows"] == 7 and moe["production_thermo_rows"] == 5
+    assert moe["mean_temperature_k"] == pytest.approx(thermo_mean(tmp_path / "moe" / "thermo.csv"))
+    assert moe["drift_mev_mobile_atom_ps"] == pytest.approx(moe["drift_mev_atom_ps"] * 14 / 10)
     # a run started from the final structure continues with its positions and velocities
     again = tmp_path / "again"
     code = main(["md", *config, "--run", "moe", "--hf", str(tmp_path / "hf.pt"), "--lf", str(tmp_path / "lf.pt"),
@@ -107,6 +174,11 @@ def test_md_stage_through_the_cli(tmp_path):
     a = pd.read_csv(tmp_path / "moe" / "thermo.csv")["pe_ev"].iloc[0]
     b = pd.read_csv(tmp_path / "lf" / "thermo.csv")["pe_ev"].iloc[0]
     assert abs(a - b) > 1e-3
+
+
+def thermo_mean(path) -> float:
+    thermo = pd.read_csv(path)
+    return float(thermo.loc[thermo["phase"] == "production", "temp_k"].mean())
 
 
 def test_md_cli_needs_an_expert(tmp_path, capsys):

@@ -1,11 +1,19 @@
 """Energy conservation of the MD runs: drift and fluctuation of the conserved energy, and its traces.
 
 One row per run (:data:`COLUMNS`) from the run's thermo CSV (:func:`pipeline.md.thermo.read_thermo`)
-and, when given, its summary JSON (precision, ensemble, experts, HF atoms, ms per step). The drift
-is the slope of a least-squares line through the conserved energy (``econserve``, = total energy in
-NVE) against time, in meV/atom/ps, with its standard error; the fluctuation is the RMS of the
-residuals about that line, in meV/atom (:func:`pipeline.md.thermo.energy_drift`). The timestep is
-read from the thermo table (time / step).
+and, when given, its summary JSON (precision, ensemble, experts, HF atoms, fixed atoms, target
+temperature, ms per step). Only the production phase counts (the rows after the Langevin equilibration,
+``phase == "production"``). The drift is the slope of a least-squares line through the conserved energy
+(``econserve``, = total energy plus a constant in NVE) against time, in meV/atom/ps and per mobile atom
+(the fixed bottom layers carry no kinetic energy), with two standard errors: ``drift_stderr_mev_atom_ps``
+from automated blocking of the residuals (Flyvbjerg-Petersen with Jonsson's M-test,
+:func:`pipeline.md.thermo.blocking_variance_of_mean`: the naive error times the square root of the
+statistical inefficiency, so that correlated residuals count as fewer independent samples) and
+``drift_stderr_naive_mev_atom_ps`` with the residuals taken as independent; the fluctuation is the RMS of
+the residuals about that line, in meV/atom (:func:`pipeline.md.thermo.energy_drift`);
+``mean_temperature_k`` is the mean mobile-atom temperature of the production rows, beside
+``target_temperature_k`` (``md.run.temperature_k``). The timestep is read from the thermo table
+(time / step).
 
 >>> import pandas as pd
 >>> thermo = pd.DataFrame({"step": [0, 10, 20], "time_ps": [0.0, 0.01, 0.02], "atoms": 4,
@@ -25,11 +33,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.analysis._common import pyplot, save_figure, write_table
-from pipeline.md.thermo import energy_drift, read_thermo
+from pipeline.md.thermo import energy_drift, production_rows, read_thermo
 
 COLUMNS = ("run", "precision", "timestep_fs", "length_ps", "drift_mev_atom_ps", "drift_stderr_mev_atom_ps",
-           "fluctuation_mev_atom", "max_deviation_mev_atom", "n_atoms", "n_hf", "ensemble", "experts",
-           "step_time_ms", "note")
+           "drift_stderr_naive_mev_atom_ps", "drift_mev_mobile_atom_ps", "fluctuation_mev_atom",
+           "max_deviation_mev_atom", "mean_temperature_k", "target_temperature_k", "equilibration_ps", "n_atoms",
+           "n_mobile", "n_hf", "ensemble", "experts", "step_time_ms", "note")
 
 
 def timestep_fs(thermo: pd.DataFrame) -> float:
@@ -46,7 +55,9 @@ def conservation_row(run: str, thermo: pd.DataFrame, summary: Mapping | None = N
                      lf_bulk_only: bool = False) -> dict:
     """One row of the table from a run's thermo table and (optional) summary dict."""
     summary = dict(summary or {})
-    figures = energy_drift(thermo)
+    n_fixed = summary.get("n_fixed")
+    n_mobile = int(thermo["atoms"].iloc[0]) - int(n_fixed) if n_fixed is not None else None
+    figures = energy_drift(thermo, n_mobile=n_mobile)
     experts = summary.get("experts", [])
     note = ""
     removed = int(summary.get("n_adsorbate_atoms_removed", 0) or 0)
@@ -66,9 +77,15 @@ def conservation_row(run: str, thermo: pd.DataFrame, summary: Mapping | None = N
         "length_ps": figures["length_ps"],
         "drift_mev_atom_ps": figures["drift_mev_atom_ps"],
         "drift_stderr_mev_atom_ps": figures["drift_stderr_mev_atom_ps"],
+        "drift_stderr_naive_mev_atom_ps": figures["drift_stderr_naive_mev_atom_ps"],
+        "drift_mev_mobile_atom_ps": figures["drift_mev_mobile_atom_ps"],
         "fluctuation_mev_atom": figures["fluctuation_mev_atom"],
         "max_deviation_mev_atom": figures["max_deviation_mev_atom"],
+        "mean_temperature_k": figures["mean_temperature_k"],
+        "target_temperature_k": float(summary.get("target_temperature_k", np.nan)),
+        "equilibration_ps": figures["equilibration_ps"],
         "n_atoms": int(figures["n_atoms"]),
+        "n_mobile": n_mobile if n_mobile is not None else np.nan,
         "n_hf": summary.get("n_hf", np.nan),
         "ensemble": summary.get("ensemble", "unknown"),
         "experts": "+".join(experts) if experts else "unknown",
@@ -102,22 +119,35 @@ def conservation_table(
     return pd.DataFrame(rows, columns=list(COLUMNS)), traces
 
 
-def plot_traces(traces: Mapping[str, pd.DataFrame], png: str | Path) -> None:
-    """Conserved-energy deviation E(t) - E(0) (meV/atom) and temperature (K) against time, every run."""
+def plot_traces(traces: Mapping[str, pd.DataFrame], png: str | Path, *,
+                targets: Mapping[str, float] | None = None) -> None:
+    """Conserved-energy deviation E(t) - E(t_0) (meV/atom) and temperature (K) against time t - t_0, every
+    run; t_0 is the start of the production, the equilibration (t < 0) is shaded. ``targets``: the target
+    temperature (K) of each run, drawn as a dashed line."""
     plt = pyplot()
     fig, (ax_e, ax_t) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
+    start = 0.0
     for run, thermo in traces.items():
-        t = thermo["time_ps"].to_numpy() - float(thermo["time_ps"].iloc[0])
+        production = production_rows(thermo)
+        t0 = float(production["time_ps"].iloc[0])
+        start = min(start, float(thermo["time_ps"].iloc[0]) - t0)
+        t = thermo["time_ps"].to_numpy() - t0
         e = thermo["econserve_ev"].to_numpy()
         n = float(thermo["atoms"].iloc[0])
-        ax_e.plot(t, 1000.0 * (e - e[0]) / n, lw=1.0, label=run)
+        (line,) = ax_e.plot(t, 1000.0 * (e - float(production["econserve_ev"].iloc[0])) / n, lw=1.0, label=run)
         if "temp_k" in thermo:
-            ax_t.plot(t, thermo["temp_k"], lw=0.8, label=run)
-    ax_e.set_ylabel("E_conserved(t) - E(0) (meV/atom)")
-    ax_e.set_title("Energy conservation of the MD runs")
+            ax_t.plot(t, thermo["temp_k"], lw=0.8, label=run, color=line.get_color())
+    for target in sorted(set((targets or {}).values())):
+        if np.isfinite(target):
+            ax_t.axhline(target, color="k", ls="--", lw=0.8)
+    if start < 0:
+        for ax in (ax_e, ax_t):
+            ax.axvspan(start, 0.0, color="0.9", lw=0, label="_nolegend_")
+    ax_e.set_ylabel("E_conserved(t) - E(t_0) (meV/atom)")
+    ax_e.set_title("Energy conservation of the MD runs (shaded: Langevin equilibration, not fitted)")
     ax_e.legend(fontsize=8)
-    ax_t.set_xlabel("time (ps)")
-    ax_t.set_ylabel("temperature (K)")
+    ax_t.set_xlabel("time from the start of the production (ps)")
+    ax_t.set_ylabel("temperature (K; dashed: target)")
     fig.tight_layout()
     save_figure(fig, png)
 
@@ -126,10 +156,20 @@ def write_conservation(table: pd.DataFrame, traces: Mapping[str, pd.DataFrame], 
                        md: str | Path, png: str | Path) -> None:
     """Write the conservation table (CSV + Markdown) and the energy-trace plot."""
     notes = [
-        ("Drift: slope of a least-squares line through the conserved energy (total energy in NVE) against time, "
-        "meV/atom/ps, with its standard error (residuals taken as independent: a lower bound); fluctuation: RMS "
-        "of the residuals, meV/atom; max_deviation: largest |E(t) - E(0)|, meV/atom. step_time_ms: wall time per "
-        "MD step of the run (LAMMPS + force callback). Precision = the experts' dtype in the MD run."),
+        ("Each run: equilibration_ps of Langevin NVT at target_temperature_k (md.run.equilibration_steps; "
+         "not fitted), then the production in the run's ensemble (length_ps; NVE by default). All figures are "
+         "of the production. Drift: slope of a least-squares line through the conserved energy (total energy "
+         "in NVE, plus the equilibration's thermostat exchange as a constant) against time, meV/atom/ps; "
+         "drift_mev_mobile_atom_ps: the same per mobile atom (n_mobile: the fixed bottom layers carry no "
+         "kinetic energy). drift_stderr_mev_atom_ps: standard error of the slope allowing for correlated "
+         "residuals: the naive error times sqrt(g), g the statistical inefficiency of the residuals from "
+         "automated blocking (Flyvbjerg-Petersen block averages, block length chosen by Jonsson's M-test, one "
+         "level further; g >= 1); drift_stderr_naive_mev_atom_ps: residuals taken as independent (a lower "
+         "bound). Fluctuation: RMS of the residuals, meV/atom; max_deviation: largest |E(t) - E(t_0)| from the "
+         "production start, meV/atom. mean_temperature_k: mean mobile-atom temperature of the production. "
+         "step_time_ms: wall time per MD step of the run (LAMMPS + force callback). Precision = the experts' "
+         "dtype in the MD run."),
     ]
-    write_table(table, csv=csv, md=md, title="Energy conservation in NVE", notes=notes, floatfmt=".4g")
-    plot_traces(traces, png)
+    write_table(table, csv=csv, md=md, title="Energy conservation of the production runs", notes=notes,
+                floatfmt=".4g")
+    plot_traces(traces, png, targets=dict(zip(table["run"], table["target_temperature_k"])))

@@ -14,10 +14,17 @@ turn ``repeats`` times (interleaved, so that a change of machine load hits every
 median is reported. Columns (:data:`COLUMNS`): ``steps_per_s`` = 1 / median time, ``atom_steps_per_s`` =
 n_atoms x steps_per_s, ``speedup_vs_hf`` = t(full HF) / t(case), and the ideal bound
 
-    ideal_speedup = 1 / (f + (1 - f) c_LF / c_HF),
+    ideal_speedup = 1 / (e_H + e_L c_LF / c_HF),   e_L = 1 - e_H when both experts have the same r_max,
 
-with f the case's HF fraction and c_HF, c_LF the measured per-atom costs t / n_atoms of full HF and
-full LF at that size.
+with the cost of a step taken as proportional to the edges each expert evaluates (an Allegro expert's
+work is per edge, and HF atoms at a surface or next to CO have other neighbour counts than the average):
+e_H = E_H / N_H, the edges centred on the case's HF atoms within the HF cutoff over N_H, the edges of
+full HF (every centre, HF cutoff); e_L = E_L / N_H, the edges centred on its LF atoms within the LF
+cutoff over the same N_H (:func:`expert_edges`, neighbour pairs counted per centre atom); and c_HF =
+t(full HF) / N_H, c_LF = t(full LF) / N_L the measured per-edge costs of full HF and full LF on the same
+cell. So the bound is t(full HF) / (c_HF E_H + c_LF E_L), the time a mixture without overhead would take;
+``fraction_of_ideal`` = speedup_vs_hf / ideal_speedup. ``ideal_speedup_atoms`` is the naive bound with
+the HF atom fraction f and per-atom costs t / n_atoms, 1 / (f + (1 - f) c_LF / c_HF), for comparison.
 
 >>> round(ideal_speedup(0.2, c_hf=1.0, c_lf=0.1), 4)
 3.5714
@@ -29,7 +36,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +52,7 @@ from pipeline.analysis._common import (
     write_table,
 )
 from pipeline.config import Config, MDPartitionConfig, MDSystemConfig
+from pipeline.data.neighbors import neighbor_list
 from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.evaluator import MixtureEvaluator
 from pipeline.md.partition import EXPERTS, HF, partition_atoms
@@ -53,14 +61,55 @@ from pipeline.md.system import build_production_cell
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("device", "threads", "precision", "n_atoms", "hf_fraction", "mode", "steps_per_s", "atom_steps_per_s",
-           "speedup_vs_hf", "ideal_speedup", "step_time_ms", "step_time_ms_one_pass", "speedup_vs_hf_one_pass",
-           "ideal_speedup_one_pass", "centres_per_chunk", "n_hf", "target_hf_fraction", "repeats")
+COLUMNS = ("device", "threads", "precision", "n_atoms", "hf_fraction", "hf_edge_fraction", "mode", "steps_per_s",
+           "atom_steps_per_s", "speedup_vs_hf", "ideal_speedup", "fraction_of_ideal", "ideal_speedup_atoms",
+           "step_time_ms", "step_time_ms_one_pass", "speedup_vs_hf_one_pass", "ideal_speedup_one_pass",
+           "fraction_of_ideal_one_pass", "centres_per_chunk", "n_hf", "n_edges", "target_hf_fraction", "repeats")
 
 
-def ideal_speedup(f: float, *, c_hf: float, c_lf: float) -> float:
-    """Ideal speedup over full HF of a mixture with HF fraction ``f`` and per-atom costs ``c_hf``, ``c_lf``."""
-    return 1.0 / (f + (1.0 - f) * c_lf / c_hf)
+def ideal_speedup(e_hf: float, *, c_hf: float, c_lf: float, e_lf: float | None = None) -> float:
+    """Ideal speedup over full HF, 1 / (e_hf + e_lf c_lf / c_hf), of a mixture whose cost is c_hf per unit of
+    HF work and c_lf per unit of LF work.
+
+    Parameters
+    ----------
+    e_hf, e_lf : float
+        HF and LF work of the mixture in units of full HF's work: edges E_H / N_H and E_L / N_H with per-edge
+        costs (see the module), or the atom fractions f and 1 - f with per-atom costs. ``e_lf`` defaults to
+        ``1 - e_hf`` (same units of work for both experts: equal cutoffs, or atoms).
+    c_hf, c_lf : float
+        Measured cost (s) per unit of work of full HF and full LF.
+    """
+    e_lf = 1.0 - e_hf if e_lf is None else e_lf
+    return 1.0 / (e_hf + e_lf * c_lf / c_hf)
+
+
+def expert_edges(atoms: Atoms, expert: np.ndarray, r_max: Sequence[float]) -> np.ndarray:
+    """Edges each expert evaluates: ordered pairs (i, j), |r_ij| < ``r_max[k]``, centred on an atom i of expert k.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        The cell (periodic images counted as separate neighbours).
+    expert : (n_atoms,) int array
+        Expert index of every atom.
+    r_max : sequence of float
+        Each expert's cutoff, A (as :meth:`pipeline.md.potential.MixturePotential.split_edges` keeps them).
+
+    Returns
+    -------
+    (n_experts,) int64 array of edge counts.
+
+    >>> from ase.build import bulk
+    >>> expert_edges(bulk("Pt", "fcc", a=3.97, cubic=True), np.array([0, 0, 1, 1]), (3.0, 4.5)).tolist()
+    [24, 36]
+    """
+    expert = np.asarray(expert)
+    edge_index, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, max(r_max))
+    vectors = atoms.positions[edge_index[1]] + shifts @ atoms.cell.array - atoms.positions[edge_index[0]]
+    lengths = np.linalg.norm(vectors, axis=1)  # [n_edges]
+    centre = expert[edge_index[0]]  # [n_edges]
+    return np.array([np.sum((centre == k) & (lengths < r)) for k, r in enumerate(r_max)], dtype=np.int64)
 
 
 def timing_slab(n_atoms: int, *, layers: int, co_coverage: float, lattice_constant_a: float) -> Atoms:
@@ -101,6 +150,9 @@ def speed_rows(cfg: Config, experts: Mapping[str, torch.nn.Module], n_atoms: int
     n = len(atoms)
     cases: dict[str, tuple[MixtureEvaluator, Atoms]] = {}
     meta: dict[str, tuple[str, float, int]] = {}  # name -> (mode, target fraction, n_hf)
+    r_max = tuple(float(experts[name].r_max) for name in EXPERTS)
+    full = {name: int(expert_edges(atoms, np.zeros(n, dtype=np.int64), (r,))[0]) for name, r in zip(EXPERTS, r_max)}
+    edges = {"hf": (full["hf"], 0), "lf": (0, full["lf"])}  # mode or HF fraction -> (E_H, E_L)
     skin = cfg.md.neighbor_skin_a
     chunks = cfg.md.centres_per_chunk
     for suffix, chunked in (("", True), ("/one_pass", False)):
@@ -118,9 +170,12 @@ def speed_rows(cfg: Config, experts: Mapping[str, torch.nn.Module], n_atoms: int
             cases[key] = (MixtureEvaluator(mixture, numbers=atoms.numbers, expert=expert, skin=skin, device=device,
                                            centres_per_chunk=chunks.for_experts(EXPERTS) if chunked else 0), atoms)
             meta[key] = ("moe", float(f), int(np.sum(expert == HF)))
+            edges[key] = tuple(int(e) for e in expert_edges(atoms, expert, r_max))
     seconds = time_cases(cases, repeats=s.repeats, warmup=s.warmup)
-    c_hf, c_lf = seconds["hf"] / n, seconds["lf"] / n
-    c_hf_1, c_lf_1 = seconds["hf/one_pass"] / n, seconds["lf/one_pass"] / n
+
+    def per_edge(suffix: str) -> dict[str, float]:  # c_HF, c_LF: s per edge of full HF and full LF
+        return {"c_hf": seconds["hf" + suffix] / full["hf"], "c_lf": seconds["lf" + suffix] / full["lf"]}
+
     rows = []
     for key, t in seconds.items():
         if key.endswith("/one_pass"):
@@ -128,16 +183,21 @@ def speed_rows(cfg: Config, experts: Mapping[str, torch.nn.Module], n_atoms: int
         t1 = seconds[key + "/one_pass"]
         mode, target, n_hf = meta[key]
         frac = n_hf / n
+        e_hf, e_lf = (e / full["hf"] for e in edges[key])
+        ideal = ideal_speedup(e_hf, e_lf=e_lf, **per_edge(""))
+        ideal_1 = ideal_speedup(e_hf, e_lf=e_lf, **per_edge("/one_pass"))
         names = EXPERTS if mode == "moe" else (mode,)
         rows.append({
             "device": device_label(device), "threads": torch.get_num_threads() if device.type == "cpu" else np.nan,
-            "precision": s.dtype, "n_atoms": n, "hf_fraction": frac, "mode": mode, "steps_per_s": 1.0 / t,
-            "atom_steps_per_s": n / t, "speedup_vs_hf": seconds["hf"] / t,
-            "ideal_speedup": ideal_speedup(frac, c_hf=c_hf, c_lf=c_lf), "step_time_ms": 1000.0 * t,
-            "step_time_ms_one_pass": 1000.0 * t1, "speedup_vs_hf_one_pass": seconds["hf/one_pass"] / t1,
-            "ideal_speedup_one_pass": ideal_speedup(frac, c_hf=c_hf_1, c_lf=c_lf_1),
+            "precision": s.dtype, "n_atoms": n, "hf_fraction": frac, "hf_edge_fraction": e_hf, "mode": mode,
+            "steps_per_s": 1.0 / t, "atom_steps_per_s": n / t, "speedup_vs_hf": seconds["hf"] / t,
+            "ideal_speedup": ideal, "fraction_of_ideal": seconds["hf"] / t / ideal,
+            "ideal_speedup_atoms": ideal_speedup(frac, c_hf=seconds["hf"] / n, c_lf=seconds["lf"] / n),
+            "step_time_ms": 1000.0 * t, "step_time_ms_one_pass": 1000.0 * t1,
+            "speedup_vs_hf_one_pass": seconds["hf/one_pass"] / t1, "ideal_speedup_one_pass": ideal_1,
+            "fraction_of_ideal_one_pass": seconds["hf/one_pass"] / t1 / ideal_1,
             "centres_per_chunk": "/".join(str(x) for x in chunks.for_experts(names)), "n_hf": n_hf,
-            "target_hf_fraction": target, "repeats": s.repeats,
+            "n_edges": sum(edges[key]), "target_hf_fraction": target, "repeats": s.repeats,
         })
         log.info("speed: %d atoms, %s (HF fraction %.3f): %.1f ms per step (one pass: %.1f ms)", n, mode, frac,
                  1000.0 * t, 1000.0 * t1)
@@ -172,12 +232,15 @@ def plot_speed(table: pd.DataFrame, png: str | Path) -> None:
     for n, rows in table.groupby("n_atoms"):
         rows = rows.sort_values("hf_fraction")
         (line,) = ax_s.plot(rows["hf_fraction"], rows["speedup_vs_hf"], "o-", label=f"{n} atoms: measured")
-        ax_s.plot(rows["hf_fraction"], rows["ideal_speedup"], "--", color=line.get_color(), label=f"{n} atoms: ideal")
+        ax_s.plot(rows["hf_fraction"], rows["ideal_speedup"], "--", color=line.get_color(),
+                  label=f"{n} atoms: ideal (edges)")
+        ax_s.plot(rows["hf_fraction"], rows["ideal_speedup_atoms"], ":", color=line.get_color(),
+                  label=f"{n} atoms: naive (atoms)")
         ax_r.plot(rows["hf_fraction"], rows["atom_steps_per_s"], "o-", color=line.get_color(), label=f"{n} atoms")
     ax_s.axhline(1.0, color="grey", lw=0.6)
     ax_s.set_xlabel("HF fraction f (0 = full LF, 1 = full HF)")
     ax_s.set_ylabel("speedup over full HF")
-    ax_s.set_title("MoE speedup; ideal 1 / (f + (1 - f) c_LF / c_HF)")
+    ax_s.set_title("MoE speedup; ideal 1 / (e_H + e_L c_LF / c_HF), per-edge costs", fontsize=9)
     ax_s.legend(fontsize=7)
     ax_r.set_yscale("log")
     ax_r.set_xlabel("HF fraction f")
@@ -197,10 +260,16 @@ def write_speed(table: pd.DataFrame, *, csv: str | Path, md: str | Path, png: st
         "One step = energy + forces of the whole system through the MD stage's mixture evaluator (Verlet list "
         "kept; integration not included); median of "
         f"{first['repeats']} interleaved repeats after warm-up. hf_fraction: the actual HF fraction (1 = full HF, "
-        "0 = full LF); speedup_vs_hf = t(full HF) / t; ideal_speedup = 1 / (f + (1 - f) c_LF / c_HF) from the "
-        "measured per-atom costs of full HF and full LF at the same size. step_time_ms: each expert's centres "
-        "evaluated in chunks of centres_per_chunk (hf/lf; md.centres_per_chunk, as in MD); *_one_pass: the same "
-        "cases in one forward and backward pass over all centres (before chunking), timed in the same run."),
+        "0 = full LF); speedup_vs_hf = t(full HF) / t. ideal_speedup: the bound for a cost proportional to the "
+        "edges each expert evaluates, 1 / (e_H + e_L c_LF / c_HF), with hf_edge_fraction e_H = E_H / N_H (edges "
+        "centred on HF atoms within the HF r_max over the edges of full HF), e_L = E_L / N_H (edges centred on LF "
+        "atoms within the LF r_max; 1 - e_H for equal cutoffs) and c_HF, c_LF the measured per-edge costs "
+        "(time / edges) of full HF and full LF on the same cell; fraction_of_ideal = speedup_vs_hf / "
+        "ideal_speedup. ideal_speedup_atoms: the naive bound 1 / (f + (1 - f) c_LF / c_HF) with the HF atom "
+        "fraction f and per-atom costs. n_edges: the edges the case evaluates (E_H + E_L). step_time_ms: each "
+        "expert's centres evaluated in chunks of centres_per_chunk (hf/lf; md.centres_per_chunk, as in MD); "
+        "*_one_pass: the same cases in one forward and backward pass over all centres (before chunking), timed "
+        "in the same run, with their own per-edge costs."),
         "On a shared CPU the timings vary with the machine's load; compare rows of one run.",
     ]
     write_table(table, csv=csv, md=md, title="Speed of the mixture of experts", notes=notes, floatfmt=".4g")

@@ -11,16 +11,25 @@ needs the ML-IAP path (:mod:`pipeline.md.mliap`). Atoms are matched by their LAM
 never by LAMMPS's internal order; the LAMMPS atom type encodes (expert, species) as in
 :func:`lammps_types`, so the partition is stored with the atoms in data and restart files.
 
-The run advances in chunks (``run N pre no post no``) that end on every thermo step and restart step.
+A run is two phases with one step count: ``run.equilibration_steps`` of Langevin NVT at
+``run.temperature_k`` (``fix nve`` + ``fix langevin`` on the mobile atoms), then ``run.steps`` of production
+in ``run.ensemble``. At the boundary the driver swaps the fixes (an ``nvt_langevin`` production keeps the
+same ones) and runs the next chunk with LAMMPS's set-up; each thermo row carries its ``phase``
+(``equilibration`` before the boundary step, ``production`` from it on). The conserved energy runs on
+through the boundary: the Langevin exchange of the equilibration stays in ``ecouple`` as a constant.
+
+The run advances in chunks (``run N pre no post no``) that end on every thermo step, restart step and at
+the phase boundary.
 After each chunk the thermo row is read (``lammps.last_thermo``), checked (:mod:`pipeline.md.safety`)
 and kept; every ``restart_interval`` steps a restart file, the thermo rows so far and a progress record
 are written atomically to the state directory, from which a killed run resumes. A failed check in the
 callback (non-finite forces, atoms too close) stops LAMMPS at once through ``fix halt`` on an internal
 variable; the last state that passed every check is written to ``last_good.extxyz``.
 
-A resumed run continues the NVE and Nose-Hoover trajectories (positions, velocities and thermostat state
-come from the restart file); the Langevin noise after a resume is drawn afresh from the seed, so that
-trajectory is statistically, not bitwise, the same as an uninterrupted one.
+A resumed run sets up the fixes of the phase of its restart step and continues the NVE and Nose-Hoover
+trajectories exactly (positions, velocities and thermostat state come from the restart file); the Langevin
+noise after a resume (equilibration, or an ``nvt_langevin`` production) is drawn afresh from the seed, so
+that trajectory is statistically, not bitwise, the same as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ from pipeline.md.thermo import THERMO_KEYWORDS, thermo_row
 log = logging.getLogger(__name__)
 
 ENSEMBLES = ("nve", "nvt_langevin", "nvt_nose_hoover")
+EQUILIBRATION, PRODUCTION = "equilibration", "production"
+EQUILIBRATION_ENSEMBLE = "nvt_langevin"
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,7 @@ class LammpsMD:
     system : MDSystem
         Atoms (ASE frame), expert and fixed atoms.
     run : MDRunConfig
-        Ensemble, timestep (fs), steps, temperature (K), intervals.
+        Ensemble, timestep (fs), equilibration and production steps, temperature (K), intervals.
     safety : MDSafetyConfig
         Blow-up limits.
     files : MDFiles
@@ -160,6 +171,8 @@ class LammpsMD:
         self.cell = np.zeros((3, 3))
         self.callback_time_s = 0.0
         self.ecouple_offset = 0.0
+        self.phase: str | None = None  # the phase whose fixes are defined
+        self.total_steps = run.equilibration_steps + run.steps
 
     # ------------------------------------------------------------------ LAMMPS set-up
     def _open(self) -> None:
@@ -201,16 +214,8 @@ class LammpsMD:
         lmp.command("compute tmobile mobile temp")
         if not resume and self.system.velocities is None and r.temperature_k > 0:
             lmp.command(f"velocity mobile create {num(r.temperature_k)} {1000 + self.seed} mom yes rot no dist gaussian temp tmobile")
-        damp_ps = r.thermostat_damping_fs / FS_PER_PS
-        integrators = {
-            "nve": ["fix integrate mobile nve"],
-            "nvt_langevin": [
-                "fix integrate mobile nve",
-                f"fix thermostat mobile langevin {num(r.temperature_k)} {num(r.temperature_k)} {num(damp_ps)} {2000 + self.seed} zero yes tally yes",
-            ],
-            "nvt_nose_hoover": [f"fix integrate mobile nvt temp {num(r.temperature_k)} {num(r.temperature_k)} {num(damp_ps)}"],
-        }
-        lmp.commands_list(integrators[r.ensemble])
+        self.phase = self._phase_of(self._step())
+        lmp.commands_list(self._integrator(self.phase))
         lmp.commands_list([
             "fix ext all external pf/callback 1 1",
             "fix_modify ext energy yes" + (" virial yes" if r.pressure else ""),
@@ -226,6 +231,42 @@ class LammpsMD:
         ])
         lmp.set_fix_external_callback("ext", self._callback)
         self._read_cell()
+
+    def _phase_of(self, step: int) -> str:
+        """Phase of the thermo row at ``step``: production from the boundary step on."""
+        return EQUILIBRATION if step < self.run_cfg.equilibration_steps else PRODUCTION
+
+    def _ensemble(self, phase: str) -> str:
+        return EQUILIBRATION_ENSEMBLE if phase == EQUILIBRATION else self.run_cfg.ensemble
+
+    def _integrator(self, phase: str) -> list[str]:
+        """The LAMMPS fixes that integrate (and thermostat) the mobile atoms in ``phase``."""
+        r = self.run_cfg
+        damp_ps = r.thermostat_damping_fs / FS_PER_PS
+        integrators = {
+            "nve": ["fix integrate mobile nve"],
+            "nvt_langevin": [
+                "fix integrate mobile nve",
+                f"fix thermostat mobile langevin {num(r.temperature_k)} {num(r.temperature_k)} {num(damp_ps)} {2000 + self.seed} zero yes tally yes",
+            ],
+            "nvt_nose_hoover": [f"fix integrate mobile nvt temp {num(r.temperature_k)} {num(r.temperature_k)} {num(damp_ps)}"],
+        }
+        return integrators[self._ensemble(phase)]
+
+    def _enter(self, phase: str) -> bool:
+        """Swap the fixes of the current phase for those of ``phase``; ``True`` if any changed (the next
+        ``run`` then needs LAMMPS's set-up)."""
+        old, new = self._integrator(self.phase), self._integrator(phase)
+        self.phase = phase
+        if old == new:
+            return False
+        self.lmp.commands_list([f"unfix {command.split()[1]}" for command in old] + new)
+        log.info("MD phase %s from step %d (%s)", phase, self._step(), self._ensemble(phase))
+        return True
+
+    def _langevin(self) -> bool:
+        """Whether the current phase's thermostat is Langevin (whose energy tally restarts at every ``run``)."""
+        return self._ensemble(self.phase) == "nvt_langevin"
 
     def _read_cell(self) -> None:
         boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
@@ -329,17 +370,18 @@ class LammpsMD:
         return True, rows, float(progress["reference_energy"])
 
     # ------------------------------------------------------------------ the run
-    def _thermo(self, wall_s: float) -> dict[str, float]:
-        """The thermo row of the current step, with the thermostat's energy exchange accumulated over chunks.
+    def _thermo(self, wall_s: float) -> dict[str, float | str]:
+        """The thermo row of the current step, with the thermostat's energy exchange accumulated over chunks
+        and its ``phase``.
 
         ``fix langevin`` restarts its energy tally (``ecouple``) at every ``run`` command, so the driver
-        carries it over from chunk to chunk (and through restarts); ``fix nvt`` reports its
-        state-based energy itself.
+        carries it over from chunk to chunk (and through restarts, and as a constant after the
+        equilibration's Langevin is removed); ``fix nvt`` reports its state-based energy itself, on top.
         """
-        row = thermo_row(self.lmp.last_thermo(), wall_s=wall_s)
-        if self.run_cfg.ensemble == "nvt_langevin":
-            row["ecouple_ev"] += self.ecouple_offset
-            row["econserve_ev"] = row["etotal_ev"] + row["ecouple_ev"]
+        row: dict[str, float | str] = thermo_row(self.lmp.last_thermo(), wall_s=wall_s)
+        row["ecouple_ev"] += self.ecouple_offset
+        row["econserve_ev"] = row["etotal_ev"] + row["ecouple_ev"]
+        row["phase"] = self._phase_of(int(row["step"]))
         return row
 
     def _blow_up(self, step: int, reason: str, good: dict | None, rows: list[dict]) -> MDBlowUpError:
@@ -351,7 +393,8 @@ class LammpsMD:
         return MDBlowUpError(step, reason, last_good=self.files.last_good, last_good_step=int(good["step"]))
 
     def run(self) -> dict[str, float]:
-        """Run (or resume) to ``run.steps`` steps; write the outputs; return timings and counts.
+        """Run (or resume) to ``run.equilibration_steps + run.steps`` steps; write the outputs; return timings
+        and counts.
 
         Raises
         ------
@@ -376,27 +419,31 @@ class LammpsMD:
             good = self._snapshot()
             run_start = time.perf_counter()
             step = start_step
-            while step < r.steps:
+            total = self.total_steps
+            while step < total:
+                phase = self._phase_of(step)
+                setup = phase != self.phase and self._enter(phase)  # new fixes: run with LAMMPS's set-up
                 to_thermo = r.thermo_interval - step % r.thermo_interval
                 to_restart = r.restart_interval - step % r.restart_interval
-                n = min(to_thermo, to_restart, r.steps - step)
+                to_phase = r.equilibration_steps - step if step < r.equilibration_steps else total
+                n = min(to_thermo, to_restart, to_phase, total - step)
                 try:
-                    self.lmp.command(f"run {n} pre no post no")
+                    self.lmp.command(f"run {n} post no" + ("" if setup else " pre no"))
                 except Exception as exc:  # LAMMPS error (lost atoms, ...)
                     raise self._blow_up(self._step(), f"LAMMPS error: {exc}", good, rows) from exc
                 step = self._step()
                 if self.failure is not None:
                     raise self._blow_up(*self.failure, good, rows)
                 row = self._thermo(time.perf_counter() - run_start)
-                if r.ensemble == "nvt_langevin":
+                if self._langevin():
                     self.ecouple_offset = row["ecouple_ev"]
                 message = check_thermo(row, reference_energy=reference_energy, limits=self.safety)
                 if message is not None:
                     raise self._blow_up(step, message, good, rows)
-                if step % r.thermo_interval == 0 or step == r.steps:
+                if step % r.thermo_interval == 0 or step == total or step == r.equilibration_steps:
                     rows.append(row)
                 good = self._snapshot()
-                if step % r.restart_interval == 0 and step < r.steps:
+                if step % r.restart_interval == 0 and step < total:
                     self._save_state(rows, reference_energy)
             run_wall = time.perf_counter() - run_start
             self._finish(rows, good)
@@ -404,7 +451,7 @@ class LammpsMD:
             self.lmp.close()
         for done in (self.files.progress, self.files.restart, self.files.partial_thermo, self.files.last_good):
             done.unlink(missing_ok=True)  # a rerun with other inputs starts afresh
-        steps_run = r.steps - start_step
+        steps_run = self.total_steps - start_step
         stats: dict[str, float] = {
             "start_step": start_step,
             "steps_run": steps_run,

@@ -111,8 +111,9 @@ def run_md(
         Partition file of :func:`build_md_system` (or any extxyz with a per-atom ``expert`` array, e.g. the
         final structure of an earlier run; its velocities, if any, are the initial ones).
     thermo_csv, final, dump, summary : paths
-        Outputs: thermo table (CSV), final structure (extxyz with velocities, forces, per-atom energies),
-        LAMMPS dump, run summary (JSON: sizes, timings, drift).
+        Outputs: thermo table (CSV, a ``phase`` column: equilibration / production), final structure
+        (extxyz with velocities, forces, per-atom energies), LAMMPS dump, run summary (JSON: sizes, timings,
+        the equilibration, and drift and mean temperature of the production phase).
     state_dir : path
         Restart files, progress record, LAMMPS log and, after a blow-up, ``last_good.extxyz``.
 
@@ -151,11 +152,15 @@ def run_md(
     system = MDSystem(atoms, expert, fixed, velocities)
     driver = LammpsMD(evaluator, system, md.run, md.safety, files, seed=cfg.seed, fingerprint=fingerprint)
     n_hf = int(np.sum(expert == 0)) if potential.names[0] == "hf" else 0
-    log.info("MD run %s: %d atoms (%d HF), experts %s, %s on %s, %s for %d steps of %g fs",
-             run, len(atoms), n_hf, list(potential.names), md.dtype, device, md.run.ensemble, md.run.steps,
-             md.run.timestep_fs)
+    log.info("MD run %s: %d atoms (%d HF), experts %s, %s on %s, %d steps of Langevin NVT at %g K then %s for %d "
+             "steps of %g fs", run, len(atoms), n_hf, list(potential.names), md.dtype, device,
+             md.run.equilibration_steps, md.run.temperature_k, md.run.ensemble, md.run.steps, md.run.timestep_fs)
     stats = driver.run()
-    figures = energy_drift(read_thermo(thermo_csv))
+    thermo = read_thermo(thermo_csv)
+    n_mobile = len(atoms) - int(fixed.sum())
+    figures = energy_drift(thermo, n_mobile=n_mobile)
+    equilibration = thermo[thermo["phase"] == "equilibration"]
+    late = equilibration.iloc[len(equilibration) // 2:]  # the second half: after the thermostat's transient
     adsorbates = adsorbate_report(atoms, read(final, format="extxyz"),
                                   substrate=tuple(cfg.regions.substrate_species),
                                   layer_tolerance_a=cfg.regions.layer_tolerance_a)
@@ -167,22 +172,30 @@ def run_md(
         "n_atoms": len(atoms),
         "n_hf": n_hf,
         "n_fixed": int(fixed.sum()),
+        "n_mobile": n_mobile,
         "n_adsorbate_atoms_removed": n_removed,
         "ensemble": md.run.ensemble,
         "precision": md.dtype,
         "timestep_fs": md.run.timestep_fs,
         "steps": md.run.steps,
+        "equilibration_steps": md.run.equilibration_steps,
+        "equilibration_thermostat": "langevin" if md.run.equilibration_steps else "none",
+        "thermostat_damping_fs": md.run.thermostat_damping_fs,
+        "target_temperature_k": md.run.temperature_k,
+        "equilibration_mean_temperature_k": float(late["temp_k"].mean()) if len(late) else float("nan"),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": cfg.torch_threads,
         **stats,
         **{key: value for key, value in figures.items() if key not in ("n_atoms", "n_rows")},
-        "thermo_rows": int(figures["n_rows"]),
+        "thermo_rows": len(thermo),
+        "production_thermo_rows": int(figures["n_rows"]),
         "adsorbates": adsorbates,
     }
     Path(summary).parent.mkdir(parents=True, exist_ok=True)
     Path(summary).write_text(json.dumps(result, indent=1))
-    log.info("MD run %s done: %.1f ms/step, drift %.4f meV/atom/ps, fluctuation %.4f meV/atom over %.3f ps",
-             run, 1000 * stats["step_time_s"], figures["drift_mev_atom_ps"], figures["fluctuation_mev_atom"],
-             figures["length_ps"])
+    log.info("MD run %s done: %.1f ms/step, production %.3f ps at %.0f K (target %g K): drift %.4f +- %.4f "
+             "meV/atom/ps, fluctuation %.4f meV/atom", run, 1000 * stats["step_time_s"], figures["length_ps"],
+             figures["mean_temperature_k"], md.run.temperature_k, figures["drift_mev_atom_ps"],
+             figures["drift_stderr_mev_atom_ps"], figures["fluctuation_mev_atom"])
     return result

@@ -1,9 +1,12 @@
 """Thermo tables of MD runs and the energy-conservation figures computed from them.
 
 The thermo CSV of a run has one row per thermo step with the columns of :data:`COLUMNS` (units in the
-names; LAMMPS metal units: ps, K, eV, bar). :func:`energy_drift` fits a straight line to the conserved
-energy against time and reports the drift (slope) in meV/atom/ps and the fluctuation (RMS of the
-residuals) in meV/atom, the figures of ``results/tables/conservation.csv``.
+names; LAMMPS metal units: ps, K, eV, bar) and ``phase``: ``equilibration`` for the steps of the Langevin
+NVT equilibration (``md.run.equilibration_steps``), ``production`` from the first production step on (the
+row at the boundary is the production's start). :func:`energy_drift` fits a straight line to the
+conserved energy of the production rows against time and reports the drift (slope) in meV/atom/ps with
+an autocorrelation-aware standard error (:func:`blocking_variance_of_mean`), the fluctuation (RMS of the
+residuals) in meV/atom and the mean temperature, the figures of ``results/tables/conservation.csv``.
 
 >>> import pandas as pd
 >>> t = [0.0, 0.5, 1.0, 1.5, 2.0]
@@ -51,7 +54,7 @@ def thermo_row(last_thermo: Mapping[str, float], **extra: float) -> dict[str, fl
 
 
 def read_thermo(path: str | Path) -> pd.DataFrame:
-    """The thermo table of a run (CSV written by the MD stage)."""
+    """The thermo table of a run (CSV written by the MD stage); a table without ``phase`` is all production."""
     table = pd.read_csv(path)
     missing = [c for c in ("step", "time_ps", "etotal_ev", "econserve_ev", "atoms") if c not in table.columns]
     if missing:
@@ -59,45 +62,145 @@ def read_thermo(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def energy_drift(thermo: pd.DataFrame, *, column: str = "econserve_ev") -> dict[str, float]:
-    """Drift and fluctuation of the conserved energy of one run.
+def production_rows(thermo: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the production phase (``phase == "production"``; all rows when there is no ``phase``).
+
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"step": [0, 10, 20, 30], "phase": ["equilibration"] * 2 + ["production"] * 2})
+    >>> production_rows(table)["step"].tolist()
+    [20, 30]
+    """
+    if "phase" not in thermo.columns:
+        return thermo
+    return thermo[thermo["phase"] == "production"]
+
+
+def blocking_variance_of_mean(x: np.ndarray, *, confidence: float = 0.99) -> tuple[float, int]:
+    """Variance of the mean of a correlated series by automated blocking.
+
+    Flyvbjerg-Petersen blocking (J. Chem. Phys. 91, 461 (1989)): the series is halved repeatedly by
+    averaging neighbouring pairs (an odd element is dropped at the start); at level k, with n_k blocks of
+    variance s_k (divided by n_k), s_k / n_k estimates the variance of the mean, and it grows until the
+    blocks are longer than the correlation time. The level is chosen by Jonsson's M-test (Phys. Rev. E 98,
+    043304 (2018), its theorem): the first level j at which
+    M_j = sum_{k >= j} n_k ((n_k - 1) s_k / n_k^2 + gamma_k)^2 / s_k^2, gamma_k the lag-one autocovariance
+    of the blocks, is below the ``confidence`` quantile of chi^2 with as many degrees of freedom as terms
+    (no correlation left between blocks). The test stops as soon as it can no longer detect correlation,
+    which leaves a bias of order (correlation time / block length); the estimate is taken one level further
+    (blocks twice as long, when 16 or more blocks remain), which halves that bias for sqrt(2) more noise.
+    On AR(1) series the standard error then comes out within ~5-10 % of the truth on average when the
+    series holds more than ~200 independent samples (n / g, g = 1 + 2 sum of the autocorrelation), and
+    ~20 % low with ~40.
+
+    Parameters
+    ----------
+    x : (n,) array
+        The series (e.g. residuals about a fit), any units.
+    confidence : float
+        Quantile of the M-test.
+
+    Returns
+    -------
+    (variance of the mean in units of x squared, block length in samples). A series shorter than 4 or
+    without spread gives the naive ``var / n`` and block length 1.
+
+    >>> import numpy as np
+    >>> var, block = blocking_variance_of_mean(np.random.default_rng(0).normal(size=4096))
+    >>> block, round(4096 * var, 2)
+    (2, 0.96)
+    """
+    from scipy.stats import chi2
+
+    x = np.asarray(x, dtype=np.float64).ravel()
+    naive = float(np.var(x) / len(x)) if len(x) else float("nan")
+    if len(x) < 4 or np.var(x) == 0:
+        return naive, 1
+    counts, variances, gammas = [], [], []
+    while len(x) >= 2:
+        n = len(x)
+        centred = x - x.mean()
+        s = float(np.mean(centred**2))
+        if s == 0.0:
+            break
+        counts.append(n)
+        variances.append(s)
+        gammas.append(float(np.sum(centred[:-1] * centred[1:]) / n))
+        x = x[n % 2:]
+        x = 0.5 * (x[0::2] + x[1::2])
+    n_k, s_k = np.asarray(counts, dtype=np.float64), np.asarray(variances)
+    terms = n_k * ((n_k - 1.0) * s_k / n_k**2 + np.asarray(gammas)) ** 2 / s_k**2
+    m = np.cumsum(terms[::-1])[::-1]  # M_j for every level j
+    levels = len(terms)
+    level = levels - 1
+    for j in range(levels):
+        if m[j] < chi2.ppf(confidence, df=levels - j):
+            level = j
+            break
+    if level + 1 < levels and counts[level + 1] >= 16:
+        level += 1
+    block = 2**level
+    return variances[level] / counts[level], block
+
+
+def energy_drift(thermo: pd.DataFrame, *, column: str = "econserve_ev", n_mobile: int | None = None) -> dict[str, float]:
+    """Drift, fluctuation and mean temperature of the production phase of one run.
 
     Parameters
     ----------
     thermo : pandas.DataFrame
-        Columns ``time_ps``, ``atoms`` and ``column`` (eV); one row per thermo step.
+        Columns ``time_ps``, ``atoms`` and ``column`` (eV), optionally ``temp_k`` (K, mobile atoms) and
+        ``phase``; one row per thermo step. Only the production rows (:func:`production_rows`) are used.
     column : str
-        Energy to analyse: ``econserve_ev`` (total energy plus the thermostat's exchange; equal to
-        ``etotal_ev`` in NVE) or ``etotal_ev``.
+        Energy to analyse: ``econserve_ev`` (total energy plus the thermostats' exchange; equal to
+        ``etotal_ev`` plus a constant in NVE after the equilibration) or ``etotal_ev``.
+    n_mobile : int, optional
+        Atoms that move (all but the fixed bottom layers), for the drift per mobile atom.
 
     Returns
     -------
     dict
-        ``length_ps``; ``drift_mev_atom_ps``: slope of a least-squares line, meV/atom/ps;
-        ``drift_stderr_mev_atom_ps``: its standard error (residuals taken as independent, so a lower
-        bound for correlated fluctuations): a drift within a few standard errors is integrator noise;
-        ``fluctuation_mev_atom``: RMS of the residuals about that line, meV/atom;
-        ``max_deviation_mev_atom``: largest |E(t) - E(0)|, meV/atom; ``n_atoms``; ``n_rows``.
+        ``length_ps`` (production); ``drift_mev_atom_ps``: slope of a least-squares line, meV/atom/ps;
+        ``drift_stderr_mev_atom_ps``: its standard error with the residuals' autocorrelation, the naive
+        one times sqrt(g), g = ``statistical_inefficiency`` = (blocked variance of the residuals' mean) /
+        (naive variance of the mean), from :func:`blocking_variance_of_mean`, never below 1 (for a
+        correlation time short against the run, Var(slope) = g sigma^2 / sum (t - mean t)^2);
+        ``drift_stderr_naive_mev_atom_ps``: the standard error with the residuals taken as independent
+        (a lower bound for correlated fluctuations); ``drift_mev_mobile_atom_ps``: the drift per mobile
+        atom (NaN without ``n_mobile``); ``fluctuation_mev_atom``: RMS of the residuals about the line,
+        meV/atom; ``max_deviation_mev_atom``: largest |E(t) - E(t_0)| from the production start, meV/atom;
+        ``mean_temperature_k``: mean ``temp_k`` of the production rows (NaN without it);
+        ``equilibration_ps``: time from the first row to the production start; ``n_atoms``; ``n_rows``
+        (production rows).
     """
-    if len(thermo) < 2:
-        raise ValueError(f"need at least two thermo rows to fit a drift, got {len(thermo)}")
-    t = thermo["time_ps"].to_numpy(dtype=np.float64)
-    e = thermo[column].to_numpy(dtype=np.float64)
-    n_atoms = int(thermo["atoms"].iloc[0])
+    production = production_rows(thermo)
+    if len(production) < 2:
+        raise ValueError(f"need at least two thermo rows of the production phase to fit a drift, got {len(production)}")
+    t = production["time_ps"].to_numpy(dtype=np.float64)
+    e = production[column].to_numpy(dtype=np.float64)
+    n_atoms = int(production["atoms"].iloc[0])
     x = t - t[0]
     slope, intercept = np.polyfit(x, e, 1)
     residual = e - (slope * x + intercept)
     spread = np.sum((x - x.mean()) ** 2)
     stderr = np.sqrt(np.sum(residual**2) / max(len(x) - 2, 1) / spread) if len(x) > 2 and spread > 0 else float("nan")
+    blocked, _ = blocking_variance_of_mean(residual)
+    naive = np.var(residual) / len(residual)
+    inefficiency = max(blocked / naive, 1.0) if naive > 0 else 1.0
     scale = 1000.0 / n_atoms  # eV -> meV/atom
+    temperature = production["temp_k"].to_numpy(dtype=np.float64).mean() if "temp_k" in production else float("nan")
     return {
         "length_ps": float(t[-1] - t[0]),
         "drift_mev_atom_ps": float(slope * scale),
-        "drift_stderr_mev_atom_ps": float(stderr * scale),
+        "drift_stderr_mev_atom_ps": float(stderr * np.sqrt(inefficiency) * scale),
+        "drift_stderr_naive_mev_atom_ps": float(stderr * scale),
+        "statistical_inefficiency": float(inefficiency),
+        "drift_mev_mobile_atom_ps": float(slope * 1000.0 / n_mobile) if n_mobile else float("nan"),
         "fluctuation_mev_atom": float(np.sqrt(np.mean(residual**2)) * scale),
         "max_deviation_mev_atom": float(np.max(np.abs(e - e[0])) * scale),
+        "mean_temperature_k": float(temperature),
+        "equilibration_ps": float(t[0] - float(thermo["time_ps"].iloc[0])),
         "n_atoms": float(n_atoms),
-        "n_rows": float(len(thermo)),
+        "n_rows": float(len(production)),
     }
 
 
