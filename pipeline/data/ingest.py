@@ -48,7 +48,7 @@ from pipeline.data.canonical import (
 )
 from pipeline.data.readers import find_dft_files, read_files
 from pipeline.data.regions import FAMILIES, family_of, label_regions, region_summary
-from pipeline.data.splits import SPLITS, assign_splits, group_families
+from pipeline.data.splits import SPLITS, assign_splits, group_families, refine_gas_groups
 from pipeline.data.stats import statistics_table
 from pipeline.data.validation import (
     EnergyFit,
@@ -228,8 +228,9 @@ def ingest(cfg: Config, paths: Sequence[str | Path] | None = None, *,
     if not accepted:
         raise TooManyRejectedError(f"all {len(frames)} frames were rejected", rejected)
     label_frames(accepted, cfg)
-    assign_splits(accepted, seed=cfg.seed, validation_fraction=cfg.ingest.validation_fraction,
-                  test_fraction=cfg.ingest.test_fraction)
+    refine_gas_groups(accepted, cfg.ingest.gas_bond_window_a)
+    assign_splits(accepted, seed=cfg.ingest.split_seed, validation_fraction=cfg.ingest.validation_fraction,
+                  test_fraction=cfg.ingest.test_fraction, hold_out_eos=cfg.ingest.hold_out_eos)
     per_file = Counter(a.info["source_file"] for a in frames)
     readers = {a.info["source_file"]: a.info["source_reader"] for a in frames}
     inputs = [

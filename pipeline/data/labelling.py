@@ -69,10 +69,14 @@ class LabelResult:
 
 
 def kpoints_for(atoms: Atoms, cfg: LabelConfig) -> tuple[int, int, int]:
-    """Monkhorst-Pack grid from ``cfg.kpt_density`` (points per A^-1); 1 along non-periodic axes."""
+    """Monkhorst-Pack grid: ``cfg.kpts`` when set (fixed, whatever the cell), else from ``cfg.kpt_density``
+    (points per A^-1); 1 along non-periodic axes."""
     if not atoms.pbc.any():
         return (1, 1, 1)
-    k = kptdensity2monkhorstpack(atoms, kptdensity=cfg.kpt_density, even=cfg.kpt_even)
+    if cfg.kpts is not None:
+        k = cfg.kpts
+    else:
+        k = kptdensity2monkhorstpack(atoms, kptdensity=cfg.kpt_density, even=cfg.kpt_even)
     return tuple(int(x) if p else 1 for x, p in zip(k, atoms.pbc))
 
 
@@ -182,7 +186,8 @@ def _compute_gpaw(atoms: Atoms, cfg: LabelConfig, txt: Path, *, damped: bool) ->
     work.calc = make_gpaw(work, cfg, txt, damped=damped)
     try:
         free = work.get_potential_energy(force_consistent=True)
-        forces = work.get_forces()
+        # one atom: the force is zero (forces sum to zero); GPAW's LCAO force pass would cost as much as the SCF
+        forces = work.get_forces() if len(work) > 1 else np.zeros((1, 3))
         stress = work.get_stress(voigt=True) if wants_stress(work, cfg) else None
     except KohnShamConvergenceError as exc:
         raise SCFNotConverged(f"GPAW SCF not converged within {cfg.maxiter} iterations ({exc})") from exc

@@ -5,7 +5,11 @@ Families (:data:`FAMILIES`), used when ``info['family']`` does not name one:
 - ``gas``: no substrate atom, or not periodic in the surface plane (a molecule or cluster);
 - ``clean_slab`` / ``slab_co``: non-periodic along the third cell vector, or a vacuum gap along the
   surface normal larger than ``regions.vacuum_min_a``; ``slab_co`` when it has adsorbate atoms;
-- ``bulk``: everything else (periodic, no vacuum gap).
+- ``bulk``: everything else (periodic, no vacuum gap);
+- ``close_contact``: adsorbate-on-slab frames far from equilibrium, made to teach the repulsive wall
+  (``info['config_type']`` among :data:`CLOSE_CONTACT_CONFIG_TYPES`: CO pressed into the surface,
+  O-down, flat-lying and strongly distorted "hot" CO). They are their own family so that the split
+  stratifies them and the accuracy table reports them apart from near-equilibrium frames.
 
 Per-atom environments (:data:`ENVIRONMENTS`), in order of precedence:
 
@@ -34,10 +38,12 @@ from ase import Atoms
 
 from pipeline.config import RegionConfig
 
-FAMILIES = ("bulk", "clean_slab", "slab_co", "gas")
+FAMILIES = ("bulk", "clean_slab", "slab_co", "close_contact", "gas")
 REGIONS = ("bulk", "complex")
 ENVIRONMENTS = ("adsorbate", "adsorbate_neighbourhood", "surface", "bulk")
-SLAB_FAMILIES = ("clean_slab", "slab_co")
+SLAB_FAMILIES = ("clean_slab", "slab_co", "close_contact")
+# config_type of the close-contact series of pipeline.data.sampling (CO/Pt(111) far from equilibrium)
+CLOSE_CONTACT_CONFIG_TYPES = ("close", "flipped", "lying", "hot")
 
 
 def substrate_mask(atoms: Atoms, cfg: RegionConfig) -> np.ndarray:
@@ -106,11 +112,16 @@ def infer_family(atoms: Atoms, cfg: RegionConfig) -> str:
 
 def family_of(atoms: Atoms, cfg: RegionConfig) -> tuple[str, str]:
     """``(family, how)``: ``info['family']`` when it names one of :data:`FAMILIES` (how = ``info``),
-    else :func:`infer_family` (how = ``geometry``)."""
+    else :func:`infer_family` (how = ``geometry``). An adsorbate-on-slab frame whose
+    ``info['config_type']`` is one of :data:`CLOSE_CONTACT_CONFIG_TYPES` is ``close_contact``."""
     given = atoms.info.get("family")
     if isinstance(given, str) and given in FAMILIES:
-        return given, "info"
-    return infer_family(atoms, cfg), "geometry"
+        family, how = given, "info"
+    else:
+        family, how = infer_family(atoms, cfg), "geometry"
+    if family == "slab_co" and atoms.info.get("config_type") in CLOSE_CONTACT_CONFIG_TYPES:
+        family = "close_contact"
+    return family, how
 
 
 def _surface_layers(atoms: Atoms, substrate: np.ndarray, cfg: RegionConfig) -> np.ndarray:

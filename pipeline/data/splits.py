@@ -8,6 +8,15 @@ order). Within each family the sorted group names are shuffled by a generator se
 at least one validation and one test group when the corresponding fraction is > 0; every family keeps
 at least one training group.
 
+Two refinements make the held-out splits test something:
+
+- gas-phase molecules of one group (a bond-length scan) are regrouped by windows of their shortest
+  interatomic distance (:func:`refine_gas_groups`, ``ingest.gas_bond_window_a``), so whole windows of
+  the scan are held out instead of the family sitting wholly in train;
+- the bulk equation-of-state series (:func:`is_eos_frame`) goes to its own split ``eos``
+  (``ingest.hold_out_eos``), which no training or model selection reads: the EOS analysis judges
+  the models on volumes they never saw.
+
 >>> split_counts(10, 0.1, 0.15), split_counts(3, 0.1, 0.15), split_counts(2, 0.1, 0.15)
 ((1, 2), (1, 1), (0, 0))
 """
@@ -23,8 +32,33 @@ from ase import Atoms
 
 from pipeline.data.regions import FAMILIES
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test", "eos")
 MIN_GROUPS_STRATIFIED = 3
+
+
+def is_eos_frame(atoms: Atoms) -> bool:
+    """Whether ``atoms`` belongs to a bulk equation-of-state series: family ``bulk`` and
+    ``info['config_type'] == 'eos'`` or a ``structure_id`` starting with ``bulk-eos``."""
+    sid = str(atoms.info.get("structure_id", ""))
+    return atoms.info.get("family") == "bulk" and (atoms.info.get("config_type") == "eos" or sid.startswith("bulk-eos"))
+
+
+def refine_gas_groups(frames: Sequence[Atoms], window_a: float) -> None:
+    """Append the bond-length window to the group of every gas-phase frame, in place.
+
+    The window of a frame is ``floor(d_min / window_a)``, with d_min its shortest interatomic
+    distance (A); the group becomes ``<group>/bond-<lo>-<hi>A``. ``window_a`` <= 0 leaves the groups
+    as they are; frames with fewer than two atoms keep theirs.
+    """
+    if window_a <= 0:
+        return
+    for atoms in frames:
+        if atoms.info.get("family") != "gas" or len(atoms) < 2:
+            continue
+        d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+        d_min = float(d[np.triu_indices(len(atoms), k=1)].min())
+        k = int(np.floor(d_min / window_a))
+        atoms.info["group"] = f"{group_of(atoms)}/bond-{k * window_a:.2f}-{(k + 1) * window_a:.2f}A"
 
 
 def group_of(atoms: Atoms) -> str:
@@ -77,6 +111,7 @@ def assign_splits(
     seed: int,
     validation_fraction: float,
     test_fraction: float,
+    hold_out_eos: bool = False,
 ) -> dict[str, str]:
     """Assign every group to a split and write ``info['split']`` (and ``info['group']``) on each frame.
 
@@ -94,11 +129,13 @@ def assign_splits(
     dict
         ``{group: split}`` for every group.
     """
-    families = group_families(frames)
+    assignment: dict[str, str] = {}
+    if hold_out_eos:
+        assignment.update({group_of(a): "eos" for a in frames if is_eos_frame(a)})
+    families = group_families([a for a in frames if group_of(a) not in assignment])
     by_family: dict[str, list[str]] = defaultdict(list)
     for group, family in families.items():
         by_family[family].append(group)
-    assignment: dict[str, str] = {}
     for family in sorted(by_family):
         groups = sorted(by_family[family])
         order = np.random.default_rng(_family_seed(seed, family)).permutation(len(groups))
