@@ -113,7 +113,7 @@ def test_cotraining_loop_adds_balance_loss_and_logs_routing_with_moe_experts(tmp
     cfg = dataclasses.replace(base, models=dataclasses.replace(base.models, hf=hf))
     for name, c in (("moe", cfg), ("dense", base)):
         d = tmp_path / name
-        run_training(c, pair="independent", dataset=dataset, hf_path=d / "hf.pt", lf_path=d / "lf.pt",
+        run_training(c, stage="pair", pair="independent", dataset=dataset, hf_path=d / "hf.pt", lf_path=d / "lf.pt",
                      metrics_path=d / "metrics.csv", state_dir=d / "state", progress=False)
     moe = pd.read_csv(tmp_path / "moe" / "metrics.csv")
     dense = pd.read_csv(tmp_path / "dense" / "metrics.csv")

@@ -29,16 +29,16 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.timeout(180)
 def test_two_gloo_processes_match_single_process_training(tmp_path):
-    cfg = tiny_config(max_epochs=2, dtype="float64", agreement_extra=3, agreement_extra_repeat=1,
-                      agreement_extra_per_batch=2, agreement_mode="symmetric")
+    cfg = tiny_config(max_epochs=2, dtype="float64", agreement_mode="symmetric",
+                      cells={"bulk": 2, "bulk_repeat": [1, 1, 4], "slab": 2, "slab_min_lateral_a": 5.0, "per_batch": 2})
     dataset = write_tiny_dataset(tmp_path / "data")
     single = tmp_path / "single"
-    run_training(cfg, pair="cotrained", dataset=dataset, hf_path=single / "hf.pt", lf_path=single / "lf.pt",
+    run_training(cfg, stage="pair", pair="cotrained", dataset=dataset, hf_path=single / "hf.pt", lf_path=single / "lf.pt",
                  metrics_path=single / "metrics.csv", state_dir=single / "state", progress=False)
 
     ddp = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "pipeline", "train", "--config-json", json.dumps(cfg.to_dict()), "--pair", "cotrained",
+               "-m", "pipeline", "train", "--config-json", json.dumps(cfg.to_dict()), "--stage", "pair", "--pair", "cotrained",
                "--dataset", str(dataset), "--hf", str(ddp / "hf.pt"), "--lf", str(ddp / "lf.pt"),
                "--metrics", str(ddp / "metrics.csv"), "--state-dir", str(ddp / "state"), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -61,12 +61,12 @@ def test_two_gloo_processes_match_single_process_training(tmp_path):
 @pytest.mark.timeout(180)
 def test_two_gloo_processes_train_an_moe_expert(tmp_path):
     """DDP with routed experts, some of which no atom of a shard chooses (top-1 of 4, three elements)."""
-    raw = tiny_config(max_epochs=1).to_dict()
+    raw = tiny_config(max_epochs=1, agreement_mode="symmetric").to_dict()
     raw["models"]["lf"]["moe"] = {"enabled": True, "num_experts": 4, "top_k": 1, "num_shared": 0}
     dataset = write_tiny_dataset(tmp_path / "data")
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "pipeline", "train", "--config-json", json.dumps(raw), "--pair", "cotrained",
+               "-m", "pipeline", "train", "--config-json", json.dumps(raw), "--stage", "pair", "--pair", "cotrained",
                "--dataset", str(dataset), "--hf", str(out / "hf.pt"), "--lf", str(out / "lf.pt"),
                "--metrics", str(out / "metrics.csv"), "--state-dir", str(out / "state"), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -21,7 +21,7 @@ from pipeline.train.losses import (
     robust_square,
     weighted_total,
 )
-from pipeline.train.pair import ExpertPair, batch_terms
+from pipeline.train.pair import Experts, batch_terms
 from pipeline.train.testing import TINY_EXPERT, tiny_config
 
 torch.set_num_threads(1)
@@ -133,10 +133,11 @@ def test_batch_terms_follow_the_lf_assignment():
     batch = make_batch(samples)
     assert batch.lf_energy.tolist() == [False, True]
     assert batch.lf_forces.tolist() == [False] * 4 + [True] * 4 + [False] * 4 + [True] * 4
-    pair = ExpertPair(_expert(1), _expert(2))
+    pair = Experts({"hf": _expert(1), "lf": _expert(2)})
     terms = batch_terms(pair(batch, create_graph=False), batch)
     assert {k: int(c) for k, (_, c) in terms.items()} == {
-        "hf_energy": 2, "hf_forces": 16, "lf_energy": 1, "lf_forces": 8, "agree_energy": 8, "agree_forces": 8}
+        "hf_energy": 2, "hf_forces": 16, "lf_energy": 1, "lf_forces": 8, "agree_energy": 8, "agree_forces": 8,
+        "mixture_forces": 0}  # no mixture cells in this batch
     everything = prepare_samples([slab, cell], species=SPECIES, r_maxes=[4.0], dtype=torch.float64, lf_data="all")
     assert make_batch(everything).lf_energy.tolist() == [True, True]
     assert cfg.train.lf_data == "bulk_atoms"

@@ -24,21 +24,25 @@ REQUIRED = (
 )
 
 
-def _train_args(cfg, dataset, out, pair):
-    return ["train", "--config-json", json.dumps(cfg.to_dict()), "--pair", pair, "--dataset", str(dataset),
-            "--hf", str(out / pair / "hf.pt"), "--lf", str(out / pair / "lf.pt"),
-            "--metrics", str(out / pair / "metrics.csv"), "--state-dir", str(out / pair / "state"), "--no-progress"]
+def _train_args(cfg, dataset, out, stage, pair=None):
+    common = ["train", "--config-json", json.dumps(cfg.to_dict()), "--stage", stage, "--dataset", str(dataset),
+              "--no-progress"]
+    if stage == "hf":
+        return common + ["--hf", str(out / "hf.pt"), "--metrics", str(out / "hf.csv"), "--state-dir", str(out / "hf_state")]
+    return common + ["--pair", pair, "--anchor", str(out / "hf.pt"), "--lf", str(out / pair / "lf.pt"),
+                     "--metrics", str(out / pair / "metrics.csv"), "--state-dir", str(out / pair / "state")]
 
 
 def test_cotraining_table_of_a_tiny_pair(tmp_path):
-    cfg = tiny_config(max_epochs=2, lambda_energy=20.0, lambda_force=20.0, agreement_mode="symmetric")
+    cfg = tiny_config(max_epochs=2, lambda_energy=20.0, lambda_force=20.0)
     dataset = write_tiny_dataset(tmp_path / "data")
     pairs = ["cotrained", "independent"]
+    assert main(_train_args(cfg, dataset, tmp_path / "models", "hf")) == 0
     for pair in pairs:
-        assert main(_train_args(cfg, dataset, tmp_path / "models", pair)) == 0
+        assert main(_train_args(cfg, dataset, tmp_path / "models", "lf", pair)) == 0
     csv, md = tmp_path / "tables" / "cotraining.csv", tmp_path / "tables" / "cotraining.md"
     args = ["cotraining-table", "--config-json", json.dumps(cfg.to_dict()), "--dataset", str(dataset),
-            "--pairs", *pairs, "--hf", *[str(tmp_path / "models" / p / "hf.pt") for p in pairs],
+            "--pairs", *pairs, "--hf", *[str(tmp_path / "models" / "hf.pt") for p in pairs],
             "--lf", *[str(tmp_path / "models" / p / "lf.pt") for p in pairs], "--csv", str(csv), "--md", str(md)]
     assert main(args) == 0
     table = pd.read_csv(csv)
@@ -52,7 +56,7 @@ def test_cotraining_table_of_a_tiny_pair(tmp_path):
     assert (table["lf_force_mae_bulk_mev_a"] != table["lf_force_mae_all_mev_a"]).all()
     text = md.read_text()
     assert "bulk_force_disagreement_mev_a" in text and "Co-training cuts the bulk disagreement by" in text
-    # strong symmetric agreement weights: the co-trained pair disagrees less on the bulk test atoms
+    # strong agreement weights: the co-trained pair disagrees less on the bulk test atoms
     by_pair = table.set_index("pair")
     assert by_pair.loc["cotrained", "bulk_force_disagreement_mev_a"] < by_pair.loc["independent", "bulk_force_disagreement_mev_a"]
 
@@ -62,7 +66,7 @@ def test_train_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
     dataset = write_tiny_dataset(tmp_path / "data")
     text = dataset.read_text().replace("split=validation", "split=test")
     dataset.write_text(text)
-    assert main(_train_args(cfg, dataset, tmp_path / "models", "cotrained")) == 1
+    assert main(_train_args(cfg, dataset, tmp_path / "models", "hf")) == 1
     err = capsys.readouterr().err
     assert "TrainingDataError" in err and "'validation' split" in err and "is empty" in err
     assert "Traceback" not in err

@@ -11,11 +11,11 @@ the ingest stage's per-atom ``region`` array) and the LF data assignment of ``tr
 
 A batch (:class:`Batch`) concatenates prepared frames, atom-wise and edge-wise. The order of the
 batches is a pure function of ``(seed, epoch)`` (:func:`batch_order`), so a resumed run sees the same
-batches as an uninterrupted one. The unlabelled configurations the agreement terms also act on
-(``train.agreement_extra``) come from :func:`make_extra_cells` (``agreement_extra_source: fcc``:
-rattled, strained fcc supercells) or :func:`rattle_training_frames` (``train``: rattled copies of
-training frames with bulk atoms, e.g. slabs, whose bulk-labelled atoms then agree); both are
-deterministic for the seed.
+batches as an uninterrupted one.
+
+Samples may also carry a static HF/LF partition and interface mask (the mixture cells of
+:mod:`pipeline.train.cells`) and the cached outputs of a frozen expert (:mod:`pipeline.train.anchor`);
+:func:`make_batch` concatenates them like the graphs.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import ase.io
 import numpy as np
 import torch
 from ase import Atoms
-from ase.build import bulk as ase_bulk
 
 from pipeline.data import keys as K
 from pipeline.data.neighbors import collate
@@ -114,12 +113,22 @@ class Sample:
         Atoms whose forces the LF expert learns.
     lf_energy : bool
         Whether the LF expert learns this frame's energy (and stress).
+    expert : (n_atoms,) int64 tensor or None
+        Static partition of a mixture cell (0 = HF, 1 = LF, :mod:`pipeline.data.partition`).
+    interface : (n_atoms,) bool tensor or None
+        Atoms of a mixture cell whose mixture force can differ from the HF expert's
+        (:func:`pipeline.train.cells.interface_atoms`).
+    anchor : dict or None
+        Cached outputs of the frozen anchor expert (:func:`pipeline.train.anchor.attach_anchor`).
     """
 
     graphs: dict[float, dict[str, torch.Tensor]]
     bulk: torch.Tensor
     lf_forces: torch.Tensor
     lf_energy: bool
+    expert: torch.Tensor | None = None
+    interface: torch.Tensor | None = None
+    anchor: dict[str, torch.Tensor] | None = None
 
 
 def prepare_samples(
@@ -131,7 +140,8 @@ def prepare_samples(
     lf_data: str = "bulk_atoms",
     labelled: bool = True,
 ) -> list[Sample]:
-    """Graphs, bulk masks and the LF assignment of every frame (see the module docstring)."""
+    """Graphs, bulk masks and the LF assignment of every frame (see the module docstring); frames with
+    per-atom ``expert`` (int) and ``interface`` (bool) arrays become mixture-cell samples."""
     if lf_data not in LF_DATA:
         raise ValueError(f"lf_data must be one of {LF_DATA}, got {lf_data!r}")
     check_species(frames, species, what="the frames")
@@ -144,7 +154,12 @@ def prepare_samples(
         }
         lf_forces = np.ones(len(atoms), dtype=bool) if lf_data == "all" else bulk
         lf_energy = True if lf_data == "all" else bool(bulk.all())
-        samples.append(Sample(graphs, torch.as_tensor(bulk), torch.as_tensor(lf_forces), lf_energy and labelled))
+        expert = interface = None
+        if "expert" in atoms.arrays:
+            expert = torch.as_tensor(np.asarray(atoms.arrays["expert"], dtype=np.int64))
+            interface = torch.as_tensor(np.asarray(atoms.arrays["interface"], dtype=bool))
+        samples.append(Sample(graphs, torch.as_tensor(bulk), torch.as_tensor(lf_forces), lf_energy and labelled,
+                              expert=expert, interface=interface))
     return samples
 
 
@@ -158,12 +173,19 @@ class Batch:
         Batch dict per cutoff (same atoms in the same order for every cutoff).
     bulk, lf_forces : (n_atoms,) bool tensors
     lf_energy : (n_frames,) bool tensor
+    expert, interface : (n_atoms,) tensors or None
+        Partition and interface mask (mixture cells only).
+    anchor : dict or None
+        Cached outputs of the anchor expert: per-atom keys ``(n_atoms, ...)``, ``energy`` ``(n_frames,)``.
     """
 
     graphs: dict[float, dict[str, torch.Tensor]]
     bulk: torch.Tensor
     lf_forces: torch.Tensor
     lf_energy: torch.Tensor
+    expert: torch.Tensor | None = None
+    interface: torch.Tensor | None = None
+    anchor: dict[str, torch.Tensor] | None = None
 
     @property
     def n_frames(self) -> int:
@@ -200,11 +222,20 @@ def make_batch(samples: Sequence[Sample], device: torch.device | str = "cpu") ->
         raise ValueError("make_batch needs at least one sample")
     cutoffs = samples[0].graphs.keys()
     graphs = {r: {k: v.to(device) for k, v in _concat_graphs([s.graphs[r] for s in samples]).items()} for r in cutoffs}
+    def cat(values: list) -> torch.Tensor | None:
+        return torch.cat(values).to(device) if all(v is not None for v in values) else None
+
+    anchor = None
+    if all(s.anchor is not None for s in samples):
+        anchor = {key: torch.cat([s.anchor[key] for s in samples]).to(device) for key in samples[0].anchor}
     return Batch(
         graphs=graphs,
         bulk=torch.cat([s.bulk for s in samples]).to(device),
         lf_forces=torch.cat([s.lf_forces for s in samples]).to(device),
         lf_energy=torch.as_tensor([s.lf_energy for s in samples], dtype=torch.bool, device=device),
+        expert=cat([s.expert for s in samples]),
+        interface=cat([s.interface for s in samples]),
+        anchor=anchor,
     )
 
 
@@ -254,63 +285,6 @@ def reference_lattice_constant(frames: Sequence[Atoms], symbol: str) -> float:
             best = (key, abs(atoms.cell.volume) / len(atoms))
     if best is None:
         raise TrainingDataError(
-            f"train.agreement_extra > 0 needs a labelled bulk {symbol} training frame to set the lattice constant"
+            f"the mixture cells need a labelled bulk {symbol} training frame to set the lattice constant"
         )
     return float((4.0 * best[1]) ** (1.0 / 3.0))
-
-
-def make_extra_cells(
-    n: int, *, symbol: str, lattice_a: float, repeat: int, rattle_a: float, strain: float, seed: int
-) -> list[Atoms]:
-    """``n`` unlabelled bulk-like cells: the cubic fcc cell (a = ``lattice_a`` A) repeated
-    ``repeat``^3 times, a random symmetric strain (components uniform in [-strain, strain]) applied
-    to cell and positions, then Gaussian displacements of standard deviation ``rattle_a`` A.
-    Deterministic for ``seed``; every atom is labelled bulk.
-    """
-    base = ase_bulk(symbol, "fcc", a=lattice_a, cubic=True).repeat((repeat, repeat, repeat))
-    cells = []
-    for k in range(n):
-        rng = np.random.default_rng([seed, k, _SEED_TAG_EXTRA])
-        eps = rng.uniform(-strain, strain, size=(3, 3))
-        eps = 0.5 * (eps + eps.T)
-        atoms = base.copy()
-        atoms.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
-        atoms.positions += rng.normal(0.0, rattle_a, size=atoms.positions.shape)
-        atoms.arrays["region"] = np.array(["bulk"] * len(atoms))
-        atoms.info.update(family="agreement_extra", structure_id=f"agreement-extra-{k:04d}")
-        cells.append(atoms)
-    return cells
-
-
-def rattle_training_frames(
-    frames: Sequence[Atoms], n: int, *, rattle_a: float, strain: float, seed: int
-) -> list[Atoms]:
-    """``n`` unlabelled copies of training frames that contain bulk atoms, perturbed: 3D-periodic cells
-    get a random symmetric strain (components uniform in [-strain, strain]), then every atom a Gaussian
-    displacement of standard deviation ``rattle_a`` A. Frames are drawn cyclically in a seeded order;
-    region labels are kept (valid for small displacements). Deterministic for ``seed``.
-
-    Raises
-    ------
-    TrainingDataError
-        If no training frame with more than one atom has bulk atoms.
-    """
-    eligible = [a for a in frames if len(a) > 1 and bulk_mask(a).any()]
-    if not eligible:
-        raise TrainingDataError("train.agreement_extra_source 'train' needs training frames with bulk atoms")
-    order = np.random.default_rng([seed, _SEED_TAG_EXTRA, 1]).permutation(len(eligible))
-    out = []
-    for k in range(n):
-        rng = np.random.default_rng([seed, k, _SEED_TAG_EXTRA, 1])
-        source = eligible[order[k % len(eligible)]]
-        atoms = Atoms(source.numbers, positions=source.positions, cell=source.cell, pbc=source.pbc)
-        if atoms.pbc.all():
-            eps = rng.uniform(-strain, strain, size=(3, 3))
-            atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
-        atoms.positions += rng.normal(0.0, rattle_a, size=atoms.positions.shape)
-        atoms.arrays["region"] = np.asarray(source.arrays["region"]).copy()
-        atoms.info.update(family="agreement_extra", structure_id=f"agreement-extra-{k:04d}",
-                          source_structure=str(source.info.get("structure_id", "")),
-                          source_dataset_index=int(source.info.get("dataset_index", -1)))
-        out.append(atoms)
-    return out

@@ -2,13 +2,13 @@
 
 Single process (the default, and what the Snakemake rule runs)::
 
-    python -m pipeline train --config config/config.yaml --pair cotrained --dataset results/data/dataset.extxyz \\
-        --hf results/models/cotrained/hf.pt --lf results/models/cotrained/lf.pt \\
-        --metrics results/models/cotrained/metrics.csv --state-dir results/models/cotrained/state
+    python -m pipeline train --config config/config.yaml --stage hf --dataset results/data/dataset.extxyz \\
+        --hf results/models/seed0/hf.pt --metrics results/models/seed0/hf_metrics.csv \\
+        --state-dir results/models/seed0/hf_state
 
 Several GPUs on one node (one process per GPU; ``device: auto`` or ``cuda`` in the configuration)::
 
-    torchrun --standalone --nproc_per_node=4 -m pipeline train --config config/config.yaml --pair cotrained ...
+    torchrun --standalone --nproc_per_node=4 -m pipeline train --config config/config.yaml --stage hf ...
 
 Several nodes: the same command on every node with ``--nnodes=N --node_rank=K
 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT`` instead of ``--standalone``. On CPU the same

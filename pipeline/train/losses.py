@@ -16,14 +16,16 @@ the square x^2 of each energy-per-atom or force-component error becomes :func:`r
 errors, linear growth for large ones), so a few frames far up a repulsive wall (forces of tens of eV/A)
 do not dominate the fit and the validation loss.
 
-Agreement terms on the atoms labelled bulk (labelled frames and extra unlabelled bulk cells)::
+Agreement terms on the atoms labelled bulk (labelled frames) and the mixture term on mixture cells
+(:mod:`pipeline.train.cells`; which atoms of a cell count: :mod:`pipeline.train.pair`)::
 
-    energy : mean over bulk atoms of (e_i^HF - e_i^LF)^2          (per-atom energies)
-    forces : mean over bulk atoms of |F_i^HF - F_i^LF|^2          (each expert's full forces)
+    energy  : mean over bulk atoms of (e_i^HF - e_i^LF)^2          (per-atom energies)
+    forces  : mean over bulk atoms of |F_i^HF - F_i^LF|^2          (each expert's full forces)
+    mixture : mean over interface atoms of |F_i^mix - F_i^HF|^2    (:func:`mixture_terms`)
 
-With ``detach_hf=True`` (``anchored`` co-training) the HF outputs are constants in the agreement
-terms, so their gradient reaches only the LF expert; with ``detach_lf=True`` (``anchored_lf``) the LF
-outputs are, so only the HF expert learns to agree (the LF expert trains as if alone).
+In ``anchored`` co-training the HF outputs are the cached outputs of a frozen expert
+(:mod:`pipeline.train.anchor`), so the gradient reaches only the LF expert; ``detach_hf`` /
+``detach_lf`` make either side a constant when both experts are live.
 
 >>> import torch
 >>> out = {"per_atom_energy": torch.tensor([1.0, 2.0]), "forces": torch.zeros(2, 3)}
@@ -46,13 +48,15 @@ Term = tuple[torch.Tensor, torch.Tensor]  # (sum, count), 0-d tensors
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms: data (w_E, w_F, w_S) and agreement (lambda_E, lambda_F)."""
+    """Weights of the loss terms: data (w_E, w_F, w_S), agreement (lambda_E, lambda_F) and the mixture
+    force term (lambda_M)."""
 
     energy: float = 1.0
     forces: float = 1.0
     stress: float = 0.0
     agree_energy: float = 0.0
     agree_forces: float = 0.0
+    mixture_forces: float = 0.0
     huber_energy: float = 0.0  # Huber thresholds of the data terms (eV/atom, eV/A); 0 = squared error
     huber_forces: float = 0.0
 
@@ -62,8 +66,8 @@ class LossWeights:
         return (self.huber_energy, self.huber_forces)
 
     def of(self, name: str) -> float:
-        """Weight of a term named ``<expert>_<kind>`` or ``agree_<kind>``."""
-        if name.startswith("agree_"):
+        """Weight of a term named ``<expert>_<kind>``, ``agree_<kind>`` or ``mixture_forces``."""
+        if name.startswith(("agree_", "mixture_")):
             return getattr(self, name)
         return getattr(self, name.split("_", 1)[1])
 
@@ -152,7 +156,7 @@ def agreement_terms(
     detach_hf : bool
         Treat the HF outputs as constants (anchored co-training: only LF learns to agree).
     detach_lf : bool
-        Treat the LF outputs as constants (``anchored_lf``: only HF learns to agree).
+        Treat the LF outputs as constants (only HF learns to agree).
 
     Returns
     -------
@@ -171,6 +175,16 @@ def agreement_terms(
         "energy": (torch.where(mask, e_diff, 0.0).sum(), count),
         "forces": (torch.where(mask, f_diff, 0.0).sum(), count),
     }
+
+
+def mixture_terms(hf_cells: Mapping[str, torch.Tensor], lf_cells: Mapping[str, torch.Tensor],
+                  mask: torch.Tensor) -> dict[str, Term]:
+    """The mixture force term on mixture cells: ``mixture_forces`` = (sum, count) of |F_i^LF - F_i^HF|^2
+    over the atoms of ``mask`` (eV^2/A^2), where both forces are those of the cells' LF-assigned centres
+    only (:data:`keys.FORCES` ``(n_atoms, 3)`` of each expert evaluated with those centres), so that
+    their difference is the mixture's force minus the HF expert's."""
+    f_diff = ((hf_cells[K.FORCES] - lf_cells[K.FORCES]) ** 2).sum(dim=1)  # [n_atoms]
+    return {"mixture_forces": (torch.where(mask, f_diff, 0.0).sum(), _count(mask))}
 
 
 def merge_terms(*parts: Mapping[str, Term]) -> dict[str, Term]:

@@ -87,13 +87,16 @@ class ErrorSums:
 
 
 def pair_errors(sums: ErrorSums, outputs: dict[str, dict[str, torch.Tensor]], batch: Batch) -> None:
-    """Add the errors of one batch's outputs (keys ``hf``, ``lf``) to ``sums`` (see the module table)."""
+    """Add the errors of one batch's outputs (keys ``hf`` and/or ``lf``) to ``sums`` (see the module table);
+    the disagreement needs both."""
     graph = batch.graph(next(iter(batch.graphs)))
     n_atoms = graph[K.NUM_ATOMS].to(torch.float64)
     all_frames = torch.ones_like(batch.lf_energy)
     all_atoms = torch.ones_like(batch.bulk)
-    hf, lf = outputs["hf"], outputs["lf"]
-    for name, out in (("hf", hf), ("lf", lf)):
+    for name in ("hf", "lf"):
+        if name not in outputs:
+            continue
+        out = outputs[name]
         e_err = (out[K.ENERGY].detach().to(torch.float64) - graph[K.ENERGY].to(torch.float64)) / n_atoms
         f_err = out[K.FORCES].detach().to(torch.float64) - graph[K.FORCES].to(torch.float64)
         if name == "hf":
@@ -104,5 +107,7 @@ def pair_errors(sums: ErrorSums, outputs: dict[str, dict[str, torch.Tensor]], ba
             sums.add("lf_force", f_err, batch.lf_forces)
             sums.add("lf_energy_all", e_err, all_frames)
             sums.add("lf_force_all", f_err, all_atoms)
-    sums.add("bulk_energy_disagree", hf[K.PER_ATOM_ENERGY] - lf[K.PER_ATOM_ENERGY], batch.bulk)
-    sums.add("bulk_force_disagree", hf[K.FORCES] - lf[K.FORCES], batch.bulk)
+    if "hf" in outputs and "lf" in outputs:
+        hf, lf = outputs["hf"], outputs["lf"]
+        sums.add("bulk_energy_disagree", hf[K.PER_ATOM_ENERGY] - lf[K.PER_ATOM_ENERGY], batch.bulk)
+        sums.add("bulk_force_disagree", hf[K.FORCES] - lf[K.FORCES], batch.bulk)

@@ -4,15 +4,15 @@ One file, ``<state dir>/training_state.pt``, rewritten atomically (temporary fil
 ``os.replace``) after every epoch. It is a ``torch.save`` of plain values, loaded with
 ``weights_only=True``::
 
-    {"format_version": 1, "kind": "cotraining_state",
+    {"format_version": 2, "kind": "cotraining_state",
      "fingerprint": {...},            # what must match to resume: pair, config sections, species, dataset hash
      "epoch": int,                    # epochs completed
      "finished": bool,                # early-stopped or max_epochs reached
-     "models": {"hf": sd, "lf": sd},  # live weights
+     "models": {"hf": sd, "lf": sd},  # live weights of the trained experts
      "ema": {"hf": sd, "lf": sd},     # torch.optim.swa_utils.AveragedModel state (or {} without EMA)
      "optimizer": sd, "scheduler": sd,
-     "best": {"epoch": int, "val_loss": float, "hf": sd, "lf": sd},   # best EMA weights so far
-     "bad_epochs": int,               # epochs since the best (early stopping)
+     "best": {"hf": sd, "lf": sd},    # EMA weights of the selected epoch so far (trained experts only)
+     "selection": {...},              # smoothed validation history (pipeline.train.selection.Selection)
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]},
      "data_seed": int, "metrics": [{column: value}, ...], "versions": {...}}
 
@@ -32,11 +32,11 @@ from pipeline.atomic import write_atomic
 from pipeline.errors import PipelineInputError
 from pipeline.models.checkpoint import package_versions
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KIND = "cotraining_state"
 STATE_FILE = "training_state.pt"
 _REQUIRED = ("format_version", "kind", "fingerprint", "epoch", "finished", "models", "ema", "optimizer",
-             "scheduler", "best", "bad_epochs", "rng", "data_seed", "metrics")
+             "scheduler", "best", "selection", "rng", "data_seed", "metrics")
 
 
 class TrainingStateError(PipelineInputError, RuntimeError):

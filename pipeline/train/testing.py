@@ -73,17 +73,21 @@ def tiny_frames(seed: int = 0) -> list[Atoms]:
 
 
 def tiny_config(**train: Any) -> Config:
-    """Tiny experts (r_max 4 A, l_max 1, one layer, 8 features) and a short, fixed ``train:`` baseline
-    (independent of the shipped defaults); ``train`` overrides keys of it."""
+    """Tiny experts (r_max 4 A, l_max 1, one layer, 8 features), a short, fixed ``train:`` baseline
+    (independent of the shipped defaults; two small bulk and two slab mixture cells) and an
+    ``md.partition`` radius of 3 A (so that the tiny slabs have LF atoms); ``train`` overrides keys."""
     settings = {"max_epochs": 3, "batch_size": 4, "learning_rate": 0.01, "early_stopping_patience": 100,
-                "ema_decay": 0.5, "scheduler": "plateau", "energy_weight": 1.0, "agreement_mode": "symmetric",
-                "lambda_energy": 1.0, "lambda_force": 1.0, "agreement_ramp_epochs": 0, "agreement_extra": 0,
-                "agreement_extra_source": "fcc", **train}
+                "selection_window": 1, "ema_decay": 0.5, "scheduler": "plateau", "energy_weight": 1.0,
+                "agreement_mode": "anchored", "lambda_energy": 1.0, "lambda_force": 1.0, "lambda_mixture": 1.0,
+                "agreement_ramp_epochs": 0,
+                "cells": {"bulk": 2, "bulk_repeat": [1, 1, 4], "slab": 2, "slab_min_lateral_a": 5.0, "per_batch": 1},
+                **train}
     return config_from_dict({
         "seed": 0,
         "device": "cpu",
         "models": {"hf": dict(TINY_EXPERT), "lf": {**TINY_EXPERT, "num_scalar_features": 4}},
         "ingest": {"validation_fraction": 0.2, "test_fraction": 0.2},
+        "md": {"partition": {"radius_a": 3.0}},
         "train": settings,
     })
 
