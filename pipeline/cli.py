@@ -217,6 +217,45 @@ def _run_ship_dft(args: argparse.Namespace) -> None:
     ship_labelled_set(args.labelled, args.failures, args.dest, name=args.name, label_cfg=cfg.label)
 
 
+def _add_elastic_dft(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "elastic-dft",
+        help="label the DFT strain set of the elastic constants (1-atom fcc Pt, fixed k meshes); resumable",
+        description=(
+            "For each n of --kpts (a fixed n x n x n mesh; the last is shipped, the others are the k-point "
+            "convergence check): labels a volume series around --lattice-constant with the label: settings, "
+            "fits V0, labels the strain patterns of analysis.elastic.strains at V0, caching every structure "
+            "in --cache-dir; writes DEST/pt_elastic_gpaw.extxyz, the coarser meshes' frames, "
+            "DEST/kpoint_convergence.csv and DEST/README.md."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--kpts", nargs="+", type=int, required=True, help="k meshes n (n x n x n), ascending")
+    p.add_argument("--lattice-constant", type=float, default=None,
+                   help="centre of the volume series, A (default: sample.lattice_constant_a)")
+    p.add_argument("--h-a", type=float, default=None,
+                   help="real-space grid spacing, A (default: label.h_a; see the README of the shipped set)")
+    p.add_argument("--grid-check-h", nargs="*", type=float, default=[],
+                   help="further grid spacings (A) for the symmetry check of the real-space grid (GPAW only)")
+    p.add_argument("--cache-dir", required=True, help="directory of the per-structure result cache")
+    p.add_argument("--log-dir", required=True, help="directory of the per-structure calculator logs")
+    p.add_argument("--dest", required=True, help="output directory, e.g. resources/dft/elastic")
+    p.set_defaults(func=_run_elastic_dft)
+
+
+def _run_elastic_dft(args: argparse.Namespace) -> None:
+    import shlex
+
+    from pipeline.analysis.elastic_dft import ship_elastic_set
+
+    cfg = config_from_args(args)
+    conv = ship_elastic_set(cfg.label, args.kpts, lattice_constant_a=args.lattice_constant or cfg.sample.lattice_constant_a,
+                            strains=cfg.analysis.elastic.strains, cache_dir=args.cache_dir, log_dir=args.log_dir,
+                            dest=args.dest, command="python -m pipeline " + shlex.join(sys.argv[1:]), h_a=args.h_a,
+                            grid_check_h=args.grid_check_h)
+    print(conv.to_string(index=False))
+
+
 # ---------------------------------------------------------------------------------------------
 # train / cotraining-table
 # ---------------------------------------------------------------------------------------------
@@ -225,21 +264,27 @@ def _run_ship_dft(args: argparse.Namespace) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="co-train (or independently train) the HF and LF experts; resumable, DDP under torchrun",
+        help="train one stage of the experts (HF alone, LF against a frozen HF, or both together); resumable",
         description=(
-            "Trains one expert pair on the dataset of the ingest stage: 'cotrained' with the agreement "
-            "terms of the train: section on bulk atoms, 'independent' with lambda = 0 (same seed, data "
-            "order and budget). Writes the best EMA weights of each expert, the per-epoch metrics, and a "
-            "training state after every epoch in --state-dir, from which a rerun resumes (a corrupt or "
-            "foreign state is an error, never a silent restart). Launch with torchrun "
-            "(torchrun --standalone --nproc_per_node=N -m pipeline train ...) for data-parallel training."
+            "Trains one stage on the dataset of the ingest stage (pipeline.train.run): 'hf' trains the HF "
+            "expert alone (shared by both pairs in anchored mode); 'lf' trains the LF expert of --pair "
+            "against the frozen HF checkpoint --anchor (cotrained: the agreement terms of the train: section; "
+            "independent: every lambda 0); 'pair' trains both experts of --pair together (agreement_mode "
+            "symmetric). Each stage selects its experts on its own smoothed validation loss, writes the "
+            "selected EMA weights, the per-epoch metrics and a training state after every epoch in "
+            "--state-dir, from which a rerun resumes (a corrupt or foreign state is an error, never a silent "
+            "restart). Launch with torchrun (torchrun --standalone --nproc_per_node=N -m pipeline train ...) "
+            "for data-parallel training."
         ),
     )
     _add_config_args(p)
-    p.add_argument("--pair", required=True, choices=("cotrained", "independent"), help="which pair to train")
+    p.add_argument("--stage", required=True, choices=("hf", "lf", "pair"), help="which stage to train")
+    p.add_argument("--pair", choices=("cotrained", "independent"), help="the pair of an lf or pair stage")
+    p.add_argument("--seed", type=int, help="override the configuration's seed (initial weights, batch order, cells)")
     p.add_argument("--dataset", required=True, help="input: dataset of the ingest stage, extxyz")
-    p.add_argument("--hf", required=True, help="output: HF expert checkpoint (.pt)")
-    p.add_argument("--lf", required=True, help="output: LF expert checkpoint (.pt)")
+    p.add_argument("--anchor", help="input (stage lf): the frozen HF expert checkpoint (.pt)")
+    p.add_argument("--hf", help="output (stages hf, pair): HF expert checkpoint (.pt)")
+    p.add_argument("--lf", help="output (stages lf, pair): LF expert checkpoint (.pt)")
     p.add_argument("--metrics", required=True, help="output: per-epoch metrics, CSV")
     p.add_argument("--state-dir", required=True, help="directory of the training state (resumed from if present)")
     p.add_argument("--keep-state", action="store_true", help="keep the training state after a successful run")
@@ -248,10 +293,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
     from pipeline.train import run_training
 
-    run_training(config_from_args(args), pair=args.pair, dataset=args.dataset, hf_path=args.hf,
-                 lf_path=args.lf, metrics_path=args.metrics, state_dir=args.state_dir,
+    cfg = config_from_args(args)
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    run_training(cfg, stage=args.stage, pair=args.pair, dataset=args.dataset, hf_path=args.hf, lf_path=args.lf,
+                 anchor_path=args.anchor, metrics_path=args.metrics, state_dir=args.state_dir,
                  progress=not args.no_progress, keep_state=args.keep_state)
 
 
@@ -316,7 +366,8 @@ def _add_md(sub: argparse._SubParsersAction) -> None:
         description=(
             "Runs LAMMPS (fix external callback into the torch potential) on the cell of md-system: the "
             "mixture when both --hf and --lf are given (partition from the cell file), else the one expert "
-            "on every atom. Ensemble, timestep, steps and intervals from md.run; blow-up limits from "
+            "on every atom. Langevin NVT equilibration (md.run.equilibration_steps at md.run.temperature_k), "
+            "then the production: ensemble, timestep, steps and intervals from md.run; blow-up limits from "
             "md.safety. Restart files go to --state-dir every md.run.restart_interval steps, and a rerun "
             "resumes from the last one; after a blow-up the last good state is in --state-dir."
         ),
@@ -345,7 +396,7 @@ def _run_md(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# analysis: accuracy / conservation / eos / interface / speed / summary
+# analysis: accuracy / conservation / eos / elastic / interface / speed / summary
 # ---------------------------------------------------------------------------------------------
 
 
@@ -372,10 +423,11 @@ def _reference_pair(args: argparse.Namespace, cfg: Config) -> str:
     return ref
 
 
-def _add_table_outputs(p: argparse.ArgumentParser, *, png: str) -> None:
+def _add_table_outputs(p: argparse.ArgumentParser, *, png: str | None) -> None:
     p.add_argument("--csv", required=True, help="output: table, CSV")
     p.add_argument("--md", required=True, help="output: table, Markdown")
-    p.add_argument("--png", required=True, help=f"output: {png}, PNG")
+    if png is not None:
+        p.add_argument("--png", required=True, help=f"output: {png}, PNG")
 
 
 def _add_accuracy(sub: argparse._SubParsersAction) -> None:
@@ -410,8 +462,10 @@ def _add_conservation(sub: argparse._SubParsersAction) -> None:
         "conservation",
         help="energy drift and fluctuation of MD runs from their thermo tables; energy traces",
         description=(
-            "Fits a line to the conserved energy of each run's thermo CSV (drift in meV/atom/ps, fluctuation "
-            "in meV/atom), with precision, ensemble and step time from the run summaries; plots the traces."
+            "Fits a line to the conserved energy of the production rows of each run's thermo CSV (drift in "
+            "meV/atom/ps with a blocking standard error, fluctuation in meV/atom, mean temperature), with "
+            "precision, ensemble, fixed atoms, target temperature and step time from the run summaries; plots "
+            "the traces."
         ),
     )
     _add_config_args(p)
@@ -457,6 +511,34 @@ def _run_eos(args: argparse.Namespace) -> None:
               lf_data=cfg.train.lf_data)
 
 
+def _add_elastic(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "elastic",
+        help="cubic elastic constants C11, C12, C44 of fcc Pt: DFT strain set, experiment, each expert and mixture",
+        description=(
+            "At each model's own Birch-Murnaghan lattice constant, fits C11, C12, C44 by linear least squares to "
+            "the energies of the analysis.eos supercell under three homogeneous strain patterns "
+            "(analysis.elastic.strains), the mixtures on the supercell split into HF and LF halves (clamped-ion); "
+            "adds the DFT row from --dft-set and the experimental and literature rows; table and plot."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--dft-set", default=None,
+                   help="input: DFT strain set (python -m pipeline elastic-dft), extxyz; omitted: no DFT row")
+    _add_pair_args(p)
+    _add_table_outputs(p, png="E(strain) plot")
+    p.set_defaults(func=_run_elastic)
+
+
+def _run_elastic(args: argparse.Namespace) -> None:
+    from pipeline.analysis.elastic import elastic_table, write_elastic
+
+    cfg = config_from_args(args)
+    table, sets = elastic_table(cfg, dft_set=args.dft_set, pairs=_pairs(args), reference_pair=_reference_pair(args, cfg))
+    write_elastic(table, sets, csv=args.csv, md=args.md, png=args.png, precision=cfg.analysis.dtype,
+                  strains=cfg.analysis.elastic.strains)
+
+
 def _add_interface(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "interface",
@@ -488,7 +570,8 @@ def _add_speed(sub: argparse._SubParsersAction) -> None:
             "Times energy + forces through the MD stage's mixture evaluator on Pt(111)+CO slabs of "
             "analysis.speed.n_atoms atoms, for full HF, full LF and the mixture at analysis.speed.hf_fractions "
             "(median of repeats after warm-up, one process), with the ideal speedup bound from the measured "
-            "per-atom costs; table and plot. Run it alone on the machine for meaningful numbers."
+            "per-edge costs and the HF edge fraction (and the naive per-atom one); table and plot. Run it alone "
+            "on the machine for meaningful numbers."
         ),
     )
     _add_config_args(p)
@@ -511,7 +594,7 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
         description="Reads the analysis tables (CSV; each optional) and writes the summary page (Markdown).",
     )
     _add_config_args(p)
-    for name in ("accuracy", "conservation", "eos", "interface", "cotraining", "speed"):
+    for name in ("accuracy", "conservation", "eos", "interface", "cotraining", "speed", "robustness"):
         p.add_argument(f"--{name}", default=None, help=f"input: {name} table, CSV")
     p.add_argument("--output", required=True, help="output: summary page, Markdown")
     p.set_defaults(func=_run_summary)
@@ -531,6 +614,82 @@ def _run_summary(args: argparse.Namespace) -> None:
                      f"seen C or O; {lf_run}, and the LF rows of the accuracy table on adsorbate/surface atoms are "
                      "extrapolation.")
     write_summary({name: getattr(args, name) for name in LINES}, args.output, notes=notes)
+
+
+def _add_robustness_seed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "robustness-seed",
+        help="the robustness row of one training seed (co-training cut, B0 match, interface, mixture accuracy)",
+        description=(
+            "Evaluates the co-trained and the independent pair of one training seed on data none of them "
+            "trained or was selected on (test split, perfect fcc supercells) and writes one CSV row "
+            "(pipeline.analysis.robustness)."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--seed", type=int, required=True, help="the training seed of the checkpoints")
+    p.add_argument("--dataset", required=True, help="input: dataset of the ingest stage, extxyz")
+    _add_pair_args(p, reference=False)
+    p.add_argument("--csv", required=True, help="output: one row, CSV")
+    p.set_defaults(func=_run_robustness_seed)
+
+
+def _run_robustness_seed(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from pipeline.analysis.robustness import seed_row
+    from pipeline.atomic import write_atomic
+
+    row = seed_row(config_from_args(args), seed=args.seed, dataset=args.dataset, pairs=_pairs(args))
+    write_atomic(args.csv, lambda tmp: pd.DataFrame([row]).to_csv(tmp, index=False))
+
+
+def _add_robustness(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "robustness",
+        help="the robustness table: one row per training seed, mean and std, criteria met per seed",
+        description="Collects the rows of robustness-seed into results/tables/robustness.{csv,md}.",
+    )
+    _add_config_args(p)
+    p.add_argument("--rows", nargs="+", required=True, help="input: the one-row CSVs of robustness-seed")
+    _add_table_outputs(p, png=None)
+    p.set_defaults(func=_run_robustness)
+
+
+def _run_robustness(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from pipeline.analysis.robustness import robustness_table, write_robustness
+
+    cfg = config_from_args(args)
+    rows = [row for path in args.rows for row in pd.read_csv(path).to_dict("records")]
+    write_robustness(robustness_table(rows), csv=args.csv, md=args.md, precision=cfg.analysis.dtype)
+
+
+def _add_learning_curves(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "learning-curves",
+        help="learning curves of the training stages of one seed (loss terms, validation MAE) and a stage table",
+        description=(
+            "Plots, per training stage (HF alone, each pair's LF or joint pair), the training and validation "
+            "loss terms and the validation MAE of each expert against the epoch, with the selected epoch; "
+            "writes a table of the selected epoch, epochs run, time per epoch and validation figures."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--stages", nargs="+", required=True, help="stage labels (e.g. hf lf_cotrained lf_independent)")
+    p.add_argument("--metrics", nargs="+", required=True, help="input: metrics CSV of each stage, same order")
+    _add_table_outputs(p, png="learning curves")
+    p.set_defaults(func=_run_learning_curves)
+
+
+def _run_learning_curves(args: argparse.Namespace) -> None:
+    from pipeline.analysis.learning import learning_table, write_learning
+
+    if len(args.stages) != len(args.metrics):
+        raise ConfigError(f"need one --metrics CSV per stage: {len(args.stages)} stages, {len(args.metrics)} CSVs")
+    metrics = dict(zip(args.stages, args.metrics))
+    write_learning(learning_table(metrics), metrics, csv=args.csv, md=args.md, png=args.png)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,6 +790,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_merge_labels,
     _add_dft_sanity,
     _add_ship_dft,
+    _add_elastic_dft,
     _add_train,
     _add_cotraining_table,
     _add_md_system,
@@ -638,9 +798,13 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_accuracy,
     _add_conservation,
     _add_eos,
+    _add_elastic,
     _add_interface,
     _add_speed,
     _add_summary,
+    _add_robustness_seed,
+    _add_robustness,
+    _add_learning_curves,
     _add_moe_emt_sample,
     _add_moe_emt_dataset,
     _add_moe_study_train,

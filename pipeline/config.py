@@ -59,6 +59,9 @@ class IngestConfig:
     max_rejected_fraction: float = 0.1
     validation_fraction: float = 0.1
     test_fraction: float = 0.15
+    split_seed: int = 0
+    hold_out_eos: bool = True
+    gas_bond_window_a: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ class LabelConfig:
     xc: str = "PBE"
     kpt_density: float = 1.5
     kpt_even: bool = True
+    kpts: tuple[int, ...] | None = None
     smearing_ev: float = 0.1
     pt_setup: str = "10"
     maxiter: int = 333
@@ -233,12 +237,12 @@ def _lf_default() -> ExpertConfig:
     return ExpertConfig(
         l_max=1,
         parity=False,
-        num_layers=1,
-        num_scalar_features=16,
+        num_layers=2,
+        num_scalar_features=24,
         num_tensor_features=8,
-        two_body_mlp_hidden=(16,),
-        latent_mlp_hidden=(16,),
-        readout_mlp_hidden=(16,),
+        two_body_mlp_hidden=(24,),
+        latent_mlp_hidden=(24,),
+        readout_mlp_hidden=(24,),
     )
 
 
@@ -251,6 +255,23 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class TrainCellsConfig:
+    """Mixture cells of the agreement terms (``train.cells:``); see :mod:`pipeline.train.cells`. Lengths in A."""
+
+    bulk: int = 48
+    bulk_repeat: tuple[int, ...] = (2, 2, 6)
+    volume_range: float = 0.08
+    uniaxial_max: float = 0.03
+    shear_max: float = 0.03
+    rattle_max_a: float = 0.1
+    slab: int = 24
+    slab_min_lateral_a: float = 11.0
+    slab_rattle_a: float = 0.05
+    validation_fraction: float = 0.25
+    per_batch: int = 2
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Co-training of the HF and LF experts (``train:``); see :mod:`pipeline.train`.
 
@@ -260,6 +281,7 @@ class TrainConfig:
 
     dtype: str = "float32"
     max_epochs: int = 200
+    lf_max_epochs: int | None = None
     batch_size: int = 8
     optimizer: str = "adam"
     learning_rate: float = 0.003
@@ -280,13 +302,10 @@ class TrainConfig:
     agreement_mode: str = "anchored"
     lambda_energy: float = 100.0
     lambda_force: float = 40.0
+    lambda_mixture: float = 40.0
     agreement_ramp_epochs: int = 60
-    agreement_extra: int = 64
-    agreement_extra_source: str = "train"
-    agreement_extra_repeat: int = 2
-    agreement_extra_rattle_a: float = 0.05
-    agreement_extra_strain: float = 0.02
-    agreement_extra_per_batch: int = 3
+    selection_window: int = 10
+    cells: TrainCellsConfig = field(default_factory=TrainCellsConfig)
     moe_balance_weight: float = 0.01
 
 
@@ -317,11 +336,16 @@ class MDPartitionConfig:
 
 @dataclass(frozen=True)
 class MDRunConfig:
-    """One LAMMPS run (``md.run:``). Times in fs, temperatures in K, intervals in steps."""
+    """One LAMMPS run (``md.run:``). Times in fs, temperatures in K, intervals in steps.
+
+    The run is ``equilibration_steps`` of Langevin NVT at ``temperature_k``, then ``steps`` of production
+    in ``ensemble`` (step numbers run on through both phases).
+    """
 
     ensemble: str = "nve"
     timestep_fs: float = 1.0
     steps: int = 2000
+    equilibration_steps: int = 2000
     temperature_k: float = 300.0
     thermostat_damping_fs: float = 100.0
     fixed_bottom_layers: int = 2
@@ -386,6 +410,14 @@ class AnalysisEOSConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisElasticConfig:
+    """Cubic elastic constants of fcc Pt (``analysis.elastic:``). Strains as fractions."""
+
+    strains: tuple[float, ...] = (-0.01, -0.005, 0.005, 0.01)
+    dft_set: str | None = "resources/dft/elastic/pt_elastic_gpaw.extxyz"
+
+
+@dataclass(frozen=True)
 class AnalysisInterfaceConfig:
     """HF/LF interface in a split fcc Pt crystal (``analysis.interface:``). Lengths in A."""
 
@@ -415,6 +447,7 @@ class AnalysisConfig:
     lattice_constant_a: float = 3.97
     accuracy: AnalysisAccuracyConfig = field(default_factory=AnalysisAccuracyConfig)
     eos: AnalysisEOSConfig = field(default_factory=AnalysisEOSConfig)
+    elastic: AnalysisElasticConfig = field(default_factory=AnalysisElasticConfig)
     interface: AnalysisInterfaceConfig = field(default_factory=AnalysisInterfaceConfig)
     speed: AnalysisSpeedConfig = field(default_factory=AnalysisSpeedConfig)
 
@@ -434,6 +467,13 @@ class MoEStudyEMTConfig:
     strain_max: float = 0.03
     validation_fraction: float = 0.1
     test_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """Training seeds of the robustness table (``robustness:``); see :mod:`pipeline.analysis.robustness`."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -475,6 +515,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     md: MDConfig = field(default_factory=MDConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     moe_study: MoEStudyConfig = field(default_factory=MoEStudyConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -579,6 +620,10 @@ def check_semantics(cfg: Config, *, check_files: bool = True) -> None:
                        ("analysis.interface.supercell", cfg.analysis.interface.supercell)):
         if cells[2] % 2:
             raise ConfigError(f"config key '{key}': the third repeat must be even (HF and LF halves), got {list(cells)}")
+    strains = cfg.analysis.elastic.strains
+    if sum(s > 0 for s in strains) < 2 or sum(s < 0 for s in strains) < 2:
+        raise ConfigError(f"config key 'analysis.elastic.strains': needs >= 2 positive and >= 2 negative strains "
+                          f"(zero is added), got {list(strains)}")
     if check_files and cfg.data.source == "files":
         for pattern in cfg.data.paths:
             if not glob.glob(pattern, recursive=True) and not Path(pattern).exists():

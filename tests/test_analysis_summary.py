@@ -1,20 +1,23 @@
 """Summary page: verdicts computed from synthetic tables; missing tables are reported, not invented."""
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.analysis.summary import summary_page, write_summary
 
 
 def _tables(tmp_path, *, speedup):
     pd.DataFrame({"run": ["hf", "moe_cotrained"], "precision": "float64", "length_ps": 2.0,
-                  "drift_mev_atom_ps": [0.01, 0.012], "drift_stderr_mev_atom_ps": [0.005, 0.005]}
+                  "drift_mev_atom_ps": [0.01, 0.012], "drift_stderr_mev_atom_ps": [0.005, 0.005],
+                  "mean_temperature_k": [296.0, 305.0], "target_temperature_k": 300.0}
                  ).to_csv(tmp_path / "conservation.csv", index=False)
     pd.DataFrame({"model": ["dft", "pbe_reference", "hf", "lf_independent", "lf_cotrained"],
                   "v0_a3_atom": [15.7, 15.64, 15.6, 15.9, 15.62], "b0_gpa": [250, 248.7, 245, 200, 240],
                   "dv0_vs_hf_percent": [0.6, 0.3, 0.0, 1.9, 0.1], "db0_vs_hf_percent": [2.0, 1.5, 0.0, -18.0, -2.0]}
                  ).to_csv(tmp_path / "eos.csv", index=False)
     pd.DataFrame({"model": ["hf", "moe_cotrained"], "region": "all", "family": "all",
-                  "energy_mae_mev_atom": [2.0, 2.5], "force_mae_mev_a": [50.0, 60.0], "outside_training_data": False}
+                  "energy_mae_mev_atom": [2.0, 2.5], "force_mae_mev_a": [50.0, 52.0], "outside_training_data": False}
                  ).to_csv(tmp_path / "accuracy.csv", index=False)
     pd.DataFrame({"pair": ["independent", "cotrained"], "lattice": "perfect", "max_force_mev_a": [80.0, 8.0],
                   "rms_force_mev_a": [40.0, 4.0]}).to_csv(tmp_path / "interface.csv", index=False)
@@ -33,9 +36,23 @@ def test_verdicts_follow_the_numbers(tmp_path):
     page = summary_page(_tables(tmp_path, speedup=2.6))
     verdicts = _verdicts(page)
     assert verdicts == {"conservation": "yes", "eos": "yes", "accuracy": "yes", "interface": "yes",
-                        "cotraining": "n/a", "speed": "yes"}
+                        "cotraining": "n/a", "speed": "yes", "robustness": "n/a"}
     assert "table not computed" in page  # the co-training table was not given
     assert "10.0x" in page  # interface reduction 80 / 8
+
+
+def test_conservation_verdict_needs_every_run_at_its_target_temperature(tmp_path):
+    tables = _tables(tmp_path, speedup=2.6)
+    page = summary_page(tables)
+    assert "hf: +0.01 +- 0.005 meV/atom/ps (float64, 2 ps, T 296 K / target 300 K)" in page
+    conservation = pd.read_csv(tables["conservation"])
+    conservation["mean_temperature_k"] = [296.0, 170.0]  # NVE from velocities at 300 K, no equilibration
+    conservation.to_csv(tables["conservation"], index=False)
+    page = summary_page(tables)
+    assert _verdicts(page)["conservation"] == "no" and "off the target temperature: moe_cotrained 43 %" in page
+    # a table without temperatures (runs before the equilibration existed): no verdict
+    conservation.drop(columns=["mean_temperature_k", "target_temperature_k"]).to_csv(tables["conservation"], index=False)
+    assert _verdicts(summary_page(tables))["conservation"] == "n/a"
 
 
 def test_no_eos_verdict_from_an_extrapolated_fit(tmp_path):
@@ -46,6 +63,15 @@ def test_no_eos_verdict_from_an_extrapolated_fit(tmp_path):
     page = summary_page(tables)
     assert _verdicts(page)["eos"] == "n/a"
     assert "no verdict for cotrained" in page and "no verdict for independent" in page
+
+
+def test_speed_line_quotes_the_fraction_of_the_edge_bound(tmp_path):
+    tables = _tables(tmp_path, speedup=2.4)
+    speed = pd.read_csv(tables["speed"])
+    speed["hf_edge_fraction"] = [1.0, 0.0, 0.15]
+    speed.to_csv(tables["speed"], index=False)
+    page = summary_page(tables)
+    assert "2000 atoms, f = 0.20, 0.15 of the edges: 2.40x (ideal 3.00x, 80% of it, c_HF/c_LF 6.0)" in page
 
 
 def test_a_slow_mixture_is_reported_as_such(tmp_path):
@@ -79,3 +105,31 @@ def test_accuracy_verdict_needs_both_energy_and_forces_close_to_full_hf(tmp_path
     page = summary_page(tables)
     assert _verdicts(page)["accuracy"] == "no"
     assert "energy MAE = 3.62, force MAE = 0.98" in page
+
+
+def _robustness_row(seed: int, cut: float) -> dict:
+    from pipeline.analysis.robustness import COLUMNS, failed_criteria
+
+    row = {c: 1.0 for c in COLUMNS if c not in ("seed", "passes")}
+    row.update(seed=seed, bulk_force_disagreement_cut=cut, lf_force_mae_change_percent=-2.0,
+               b0_lf_cotrained_vs_hf_percent=1.0, b0_lf_independent_vs_hf_percent=8.0, interface_ratio_perfect=0.1,
+               moe_vs_hf_force_mae_ratio=1.01)
+    failed = failed_criteria(row)
+    row["passes"] = "all" if not failed else "fails: " + ", ".join(failed)
+    return row
+
+
+def test_robustness_verdict_needs_every_seed_to_meet_every_criterion(tmp_path):
+    from pipeline.analysis.robustness import robustness_table, write_robustness
+
+    for cuts, verdict in (((6.0, 7.0, 5.5), "yes"), ((6.0, 2.0, 5.5), "no")):
+        table = robustness_table([_robustness_row(seed, cut) for seed, cut in enumerate(cuts)])
+        assert table["seed"].tolist()[-2:] == ["mean", "std"]
+        mean = table.set_index("seed").loc["mean", "bulk_force_disagreement_cut"]
+        assert mean == pytest.approx(np.mean(cuts))
+        write_robustness(table, csv=tmp_path / "r.csv", md=tmp_path / "r.md", precision="float64")
+        page = summary_page({"robustness": tmp_path / "r.csv"})
+        assert _verdicts(page)["robustness"] == verdict
+        assert f"bulk_force_disagreement_cut: {np.mean(cuts):.3g} +- " in page
+        met = sum(c >= 5.0 for c in cuts)
+        assert f"met by {met} of 3 seeds" in (tmp_path / "r.md").read_text()

@@ -65,14 +65,23 @@ def load_pairs(
     dtype: torch.dtype,
     device: torch.device,
 ) -> dict[str, dict[str, AllegroModel]]:
-    """Load every expert of every pair: ``{pair: {"hf": model, "lf": model}}`` (names among ``hf``/``lf``)."""
+    """Load every expert of every pair: ``{pair: {"hf": model, "lf": model}}`` (names among ``hf``/``lf``).
+
+    A checkpoint named by several pairs (the shared HF expert of anchored training) is loaded once: the
+    pairs then hold the same model object.
+    """
     out: dict[str, dict[str, AllegroModel]] = {}
+    loaded: dict[Path, AllegroModel] = {}
     for pair, paths in pairs.items():
         unknown = sorted(set(paths) - set(EXPERTS))
         if unknown:
             raise ValueError(f"pair {pair!r}: experts must be named among {list(EXPERTS)}, got {sorted(paths)}")
-        out[pair] = {name: load_checkpoint(path, species=tuple(species), dtype=dtype, map_location=device).eval()
-                     for name, path in paths.items()}
+        out[pair] = {}
+        for name, path in paths.items():
+            key = Path(path).resolve()
+            if key not in loaded:
+                loaded[key] = load_checkpoint(path, species=tuple(species), dtype=dtype, map_location=device).eval()
+            out[pair][name] = loaded[key]
     return out
 
 
@@ -89,13 +98,14 @@ def pair_mixture(experts: Mapping[str, AllegroModel]) -> MixturePotential:
 def model_potentials(
     experts: Mapping[str, Mapping[str, AllegroModel]], reference_pair: str
 ) -> dict[str, tuple[MixturePotential, bool]]:
-    """``{model name: (potential, is_mixture)}``: ``hf`` (reference pair), ``hf_<other>``, ``lf_<pair>``,
+    """``{model name: (potential, is_mixture)}``: ``hf`` (reference pair), ``hf_<other>`` (only when that
+    pair has an HF expert of its own, i.e. not the shared one of anchored training), ``lf_<pair>``,
     ``moe_<pair>`` (pairs in the given order)."""
     if reference_pair not in experts:
         raise ValueError(f"reference pair {reference_pair!r} is not among the pairs {sorted(experts)}")
     models: dict[str, tuple[MixturePotential, bool]] = {"hf": (single(experts[reference_pair]["hf"], "hf"), False)}
     for pair, pe in experts.items():
-        if pair != reference_pair:
+        if pair != reference_pair and pe["hf"] is not experts[reference_pair]["hf"]:
             models[f"hf_{pair}"] = (single(pe["hf"], "hf"), False)
     for pair, pe in experts.items():
         models[f"lf_{pair}"] = (single(pe["lf"], "lf"), False)

@@ -13,8 +13,9 @@ Errors: energies per atom in meV/atom (per frame: (E_model - E_DFT) / n_atoms); 
 component in meV/A. ``region`` = ``all`` (energies and forces) or a per-atom environment of the ingest
 stage (forces only; a frame's energy cannot be split by atom): ``bulk``, ``surface``,
 ``co_neighbourhood`` (Pt within ``regions.adsorbate_radius_a`` of C/O) and ``adsorbate`` (C and O).
-``family`` = ``all`` or one of ``bulk``, ``clean_slab``, ``slab_co``, ``gas``. Combinations without
-atoms are left out. ``outside_training_data`` marks LF rows on atoms that an LF expert trained with
+``family`` = ``all``, ``near_equilibrium`` (every family but ``close_contact``, so that the errors near
+equilibrium are not drowned by the repulsive wall) or one of :data:`pipeline.data.regions.FAMILIES`
+(``bulk``, ``clean_slab``, ``slab_co``, ``close_contact``, ``gas``). Combinations without atoms are left out. ``outside_training_data`` marks LF rows on atoms that an LF expert trained with
 ``train.lf_data: bulk_atoms`` never saw (non-bulk atoms, and energies of non-bulk frames).
 """
 
@@ -103,8 +104,13 @@ def accuracy_rows(
     f_err = [(p - f.calc.results["forces"]) * 1000.0 for p, f in zip(forces, frames)]  # meV/A
     env = [np.asarray(f.arrays["environment"]) for f in frames]
     rows = []
-    for family in ("all", *FAMILIES):
-        in_family = np.ones(len(frames), dtype=bool) if family == "all" else families == family
+    for family in ("all", "near_equilibrium", *FAMILIES):
+        if family == "all":
+            in_family = np.ones(len(frames), dtype=bool)
+        elif family == "near_equilibrium":
+            in_family = families != "close_contact"
+        else:
+            in_family = families == family
         if not in_family.any():
             continue
         for region, envs in REGIONS.items():
@@ -176,7 +182,7 @@ def plot_parity(frames: Sequence[Atoms], predictions: Mapping[str, tuple[np.ndar
     families = np.array([f.info.get("family", "?") for f in frames])
     n = np.array([len(f) for f in frames])
     e_ref = np.array([f.calc.results["energy"] for f in frames]) / n
-    colours = dict(zip(FAMILIES, ("#1f77b4", "#2ca02c", "#d62728", "#9467bd")))
+    colours = dict(zip(FAMILIES, ("#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd")))
     for col, name in enumerate(models):
         energies, forces = predictions[name]
         ax_e, ax_f = axes[0, col], axes[1, col]

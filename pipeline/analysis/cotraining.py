@@ -11,6 +11,9 @@ component):
 - ``lf_energy_mae_all_mev_atom``, ``lf_force_mae_all_mev_a``: LF on every test frame / atom;
 - ``bulk_energy_disagreement_mev_atom``: RMS of e_i^HF - e_i^LF over the bulk test atoms;
 - ``bulk_force_disagreement_mev_a``: RMS of the components of F_i^HF - F_i^LF over the bulk test atoms;
+- ``lf_atoms_force_disagreement_mev_a``: the same over the atoms the ``md.partition`` rule gives to the LF
+  expert in each test frame (what the mixture uses LF for; ``lf_test_atoms`` of them), and
+  ``bulk_force_disagreement_near_eq_mev_a`` over the bulk test atoms outside the close-contact family;
 - ``test_frames``, ``bulk_test_atoms``, ``best_epoch``, ``epochs``, ``dtype``.
 
 The Markdown version adds, when both pairs are present, the factor by which co-training cuts the
@@ -27,6 +30,9 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config
+from pipeline.data import keys as K
+from pipeline.data.neighbors import collate
+from pipeline.data.partition import LF, partition_atoms
 from pipeline.devices import resolve_device
 from pipeline.models import load_checkpoint, read_checkpoint
 from pipeline.train.data import prepare_samples, read_splits
@@ -44,8 +50,11 @@ COLUMNS = (
     "lf_force_mae_all_mev_a",
     "bulk_energy_disagreement_mev_atom",
     "bulk_force_disagreement_mev_a",
+    "lf_atoms_force_disagreement_mev_a",
+    "bulk_force_disagreement_near_eq_mev_a",
     "test_frames",
     "bulk_test_atoms",
+    "lf_test_atoms",
     "best_epoch",
     "epochs",
     "dtype",
@@ -59,9 +68,10 @@ def pair_row(cfg: Config, pair: str, hf_path: str | Path, lf_path: str | Path, t
     lf = load_checkpoint(lf_path, species=cfg.species, map_location=device)
     samples = prepare_samples(test_frames, species=cfg.species, r_maxes=[hf.r_max, lf.r_max], dtype=hf.dtype,
                               lf_data="bulk_atoms")
-    _, _, errors = evaluate(hf, lf, samples, weights=LossWeights(), info=DistInfo(device=device))
+    _, _, errors = evaluate({"hf": hf, "lf": lf}, samples, weights=LossWeights(), info=DistInfo(device=device))
     meta = read_checkpoint(hf_path).get("metadata", {})
     mev = lambda value: 1000.0 * value  # noqa: E731
+    lf_atoms, near_eq = _disagreement_subsets(cfg, hf, lf, test_frames, device)
     return {
         "pair": pair,
         "hf_energy_mae_mev_atom": mev(errors.mae("hf_energy")),
@@ -72,12 +82,34 @@ def pair_row(cfg: Config, pair: str, hf_path: str | Path, lf_path: str | Path, t
         "lf_force_mae_all_mev_a": mev(errors.mae("lf_force_all")),
         "bulk_energy_disagreement_mev_atom": mev(errors.rmse("bulk_energy_disagree")),
         "bulk_force_disagreement_mev_a": mev(errors.rmse("bulk_force_disagree")),
+        "lf_atoms_force_disagreement_mev_a": mev(_rms(lf_atoms)),
+        "bulk_force_disagreement_near_eq_mev_a": mev(_rms(near_eq)),
         "test_frames": len(test_frames),
         "bulk_test_atoms": errors.count("bulk_energy_disagree"),
+        "lf_test_atoms": len(lf_atoms),
         "best_epoch": int(meta.get("best_epoch", -1)),
         "epochs": int(meta.get("epochs", -1)),
         "dtype": str(hf.dtype).removeprefix("torch."),
     }
+
+
+def _rms(diffs: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(diffs**2))) if len(diffs) else float("nan")
+
+
+def _disagreement_subsets(cfg: Config, hf, lf, frames: list, device) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """F^HF - F^LF (eV/A, rows of 3) on the md.partition LF atoms and on the near-equilibrium bulk atoms."""
+    lf_rows, near_rows = [], []
+    for atoms in frames:
+        batch = {k: v.to(device) for k, v in collate([atoms], species=cfg.species, r_max=hf.r_max, dtype=hf.dtype,
+                                                      with_targets=False).items()}
+        diff = (hf(batch, create_graph=False)[K.FORCES] - lf(batch, create_graph=False)[K.FORCES])
+        diff = diff.detach().double().cpu().numpy()
+        lf_rows.append(diff[partition_atoms(atoms, cfg.md.partition, cfg.regions) == LF])
+        if atoms.info.get("family") != "close_contact":
+            near_rows.append(diff[np.asarray(atoms.arrays["region"]) == "bulk"])
+    return (np.concatenate(lf_rows) if lf_rows else np.zeros((0, 3)),
+            np.concatenate(near_rows) if near_rows else np.zeros((0, 3)))
 
 
 def cotraining_table(
@@ -119,7 +151,9 @@ def write_cotraining_table(table: pd.DataFrame, *, csv: str | Path, md: str | Pa
         "",
         "Energies in meV/atom, forces in meV/A (MAE and RMS per Cartesian component); LF 'bulk' columns are "
         "on the LF expert's own data (energies of all-bulk frames, forces on bulk atoms). Disagreements are "
-        f"RMS over the bulk test atoms. Evaluated in {', '.join(sorted(set(table['dtype'])))}.",
+        "RMS over the bulk test atoms (regions: rule), over the atoms the md.partition rule gives to LF "
+        "(lf_atoms_*: what the mixture uses LF for) and over the bulk test atoms outside the close-contact "
+        f"family (*_near_eq_*). Test split only. Evaluated in {', '.join(sorted(set(table['dtype'])))}.",
         "",
         table.to_markdown(index=False, floatfmt=".2f"),
         "",

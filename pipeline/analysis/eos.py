@@ -3,8 +3,9 @@
 E(V) per atom is fitted with the Birch-Murnaghan form of :class:`ase.eos.EquationOfState`, giving
 V0 (A^3/atom), E0 (eV/atom), B0 (GPa) and B0'. Rows of the table (:data:`COLUMNS`), by ``model``:
 
-- ``dft``: the bulk EOS frames of the dataset (``info['family'] == 'bulk'`` and ``config_type == 'eos'``
-  or a ``structure_id`` starting with ``bulk-eos``), all splits;
+- ``dft``: the bulk EOS frames of the dataset (:func:`pipeline.data.splits.is_eos_frame`); with
+  ``ingest.hold_out_eos`` (default) they form the split ``eos``, which no training or model selection
+  reads, and the row's ``source`` says which splits they came from;
 - ``pbe_reference``: WIEN2k PBE of ASE's ``dcdft`` collection (V0 15.642 A^3/atom, B0 248.7 GPa,
   B0' 5.46); no E0;
 - ``hf``: the HF expert of the reference pair (``md.reference_pair``, the expert of the full-HF MD run);
@@ -54,6 +55,7 @@ from pipeline.analysis._common import (
     write_table,
 )
 from pipeline.config import Config
+from pipeline.data.splits import is_eos_frame
 from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.partition import HF, LF
 from pipeline.md.potential import MixturePotential
@@ -122,12 +124,18 @@ def half_split(atoms: Atoms) -> np.ndarray:
 
 
 def dft_eos_frames(frames: Sequence[Atoms]) -> list[Atoms]:
-    """The bulk EOS frames among ``frames`` (see the module docstring)."""
-    def is_eos(atoms: Atoms) -> bool:
-        sid = str(atoms.info.get("structure_id", ""))
-        return atoms.info.get("family") == "bulk" and (atoms.info.get("config_type") == "eos" or sid.startswith("bulk-eos"))
+    """The bulk EOS frames among ``frames`` (:func:`pipeline.data.splits.is_eos_frame`)."""
+    return [f for f in frames if is_eos_frame(f)]
 
-    return [f for f in frames if is_eos(f)]
+
+def split_note(frames: Sequence[Atoms]) -> str:
+    """Which splits the DFT EOS points come from, and whether the models trained on any of them."""
+    splits = sorted({str(f.info.get("split", "unknown")) for f in frames})
+    if splits == ["eos"]:
+        return "held out (split 'eos'): no model trained or was selected on these points"
+    trained = [s for s in splits if s in ("train", "validation")]
+    note = f"splits {', '.join(splits)}"
+    return note + (f"; the models trained or were selected on the {'/'.join(trained)} points" if trained else "")
 
 
 def model_eos(
@@ -187,7 +195,7 @@ def eos_table(
                              np.array([f.get_potential_energy() / len(f) for f in frames]))
             dft = all(isinstance(f.info.get("is_dft"), (bool, np.bool_)) and bool(f.info["is_dft"]) for f in frames)
             kind = "DFT" if dft else "labels (NOT all marked DFT)"
-            sources["dft"] = f"{kind}: {len(frames)} bulk EOS frames of the dataset"
+            sources["dft"] = f"{kind}: {len(frames)} bulk EOS frames of the dataset, {split_note(frames)}"
         else:
             log.warning("the dataset has %d bulk EOS frames (< 5): no DFT row", len(frames))
     e = cfg.analysis.eos

@@ -1,7 +1,7 @@
 # Stage "analysis": the paper's results from the trained pairs and the MD runs. One rule per result,
 # each one CLI call (pipeline/analysis/), each writing a table (CSV + Markdown) and a figure (PNG) with
 # a caption for `snakemake --report`; then the one-page summary. Needs train.smk and md.smk included
-# first (rules.train, rules.md, rules.cotraining_table, MD_RUNS, TRAIN_PAIRS).
+# first (expert_checkpoint, rules.md, rules.cotraining_table, MD_RUNS, TRAIN_PAIRS).
 #
 # GPU: the code picks the device itself (config key device: auto -> CUDA when present).
 # Speed: the rule reserves SPEED_RESERVED_CORES cores (capped by --cores), so that with the default
@@ -11,8 +11,8 @@
 SPEED_RESERVED_CORES = 2
 
 ANALYSIS_CHECKPOINTS = {
-    "hf": expand(rules.train.output.hf, pair=TRAIN_PAIRS),
-    "lf": expand(rules.train.output.lf, pair=TRAIN_PAIRS),
+    "hf": [expert_checkpoint("hf", pair) for pair in TRAIN_PAIRS],
+    "lf": [expert_checkpoint("lf", pair) for pair in TRAIN_PAIRS],
 }
 
 
@@ -100,6 +100,35 @@ rule eos:
         "--csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
 
 
+rule elastic:
+    input:
+        unpack(elastic_dft_input),
+        **ANALYSIS_CHECKPOINTS,
+    output:
+        csv="results/tables/elastic.csv",
+        md="results/tables/elastic.md",
+        png=report(
+            "results/figures/elastic.png",
+            caption="../report/elastic.rst",
+            category="3. Equation of state",
+        ),
+    params:
+        config=stage_config("analysis", "md"),
+        pairs=TRAIN_PAIRS,
+        dft_arg=lambda wildcards, input: f"--dft-set {input.dft}" if "dft" in input.keys() else "",
+    log:
+        "results/logs/analysis/elastic.log",
+    benchmark:
+        "results/benchmarks/analysis/elastic.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline elastic --config-json {params.config:q} "
+        "{params.dft_arg} --pairs {params.pairs} --hf {input.hf} --lf {input.lf} "
+        "--csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
+
+
 rule interface:
     input:
         **ANALYSIS_CHECKPOINTS,
@@ -129,8 +158,8 @@ rule interface:
 
 rule speed:
     input:
-        hf=expand(rules.train.output.hf, pair="cotrained"),
-        lf=expand(rules.train.output.lf, pair="cotrained"),
+        hf=expert_checkpoint("hf", "cotrained"),
+        lf=expert_checkpoint("lf", "cotrained"),
     output:
         csv="results/tables/speed.csv",
         md="results/tables/speed.md",
@@ -154,6 +183,77 @@ rule speed:
         "--hf {input.hf} --lf {input.lf} --csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
 
 
+rule learning_curves:
+    input:
+        metrics=list(training_metrics().values()),
+    output:
+        csv="results/tables/training.csv",
+        md="results/tables/training.md",
+        png=report(
+            "results/figures/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="1. Accuracy",
+        ),
+    params:
+        config=stage_config(),
+        stages=list(training_metrics()),
+    log:
+        "results/logs/analysis/learning_curves.log",
+    benchmark:
+        "results/benchmarks/analysis/learning_curves.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline learning-curves --config-json {params.config:q} --stages {params.stages} "
+        "--metrics {input.metrics} --csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
+
+
+rule robustness_seed:
+    input:
+        dataset=rules.ingest.output.dataset,
+        hf=lambda wildcards: [expert_checkpoint("hf", pair, wildcards.seed) for pair in TRAIN_PAIRS],
+        lf=lambda wildcards: [expert_checkpoint("lf", pair, wildcards.seed) for pair in TRAIN_PAIRS],
+    output:
+        csv="results/robustness/seed{seed}.csv",
+    params:
+        config=stage_config("analysis", "md", "regions", "train"),
+        pairs=TRAIN_PAIRS,
+    log:
+        "results/logs/analysis/robustness_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/analysis/robustness_seed{seed}.tsv"
+    threads: 1
+    wildcard_constraints:
+        seed=r"\d+",
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline robustness-seed --config-json {params.config:q} "
+        "--seed {wildcards.seed} --dataset {input.dataset} --pairs {params.pairs} --hf {input.hf} --lf {input.lf} "
+        "--csv {output.csv} > {log} 2>&1"
+
+
+rule robustness:
+    input:
+        rows=expand(rules.robustness_seed.output.csv, seed=CFG.robustness.seeds),
+    output:
+        csv="results/tables/robustness.csv",
+        md="results/tables/robustness.md",
+    params:
+        config=stage_config("analysis"),
+    log:
+        "results/logs/analysis/robustness.log",
+    benchmark:
+        "results/benchmarks/analysis/robustness.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline robustness --config-json {params.config:q} --rows {input.rows} "
+        "--csv {output.csv} --md {output.md} > {log} 2>&1"
+
+
 rule summary:
     input:
         accuracy=rules.accuracy.output.csv,
@@ -162,6 +262,7 @@ rule summary:
         interface=rules.interface.output.csv,
         cotraining=rules.cotraining_table.output.csv,
         speed=rules.speed.output.csv,
+        robustness=rules.robustness.output.csv,
     output:
         summary=report(
             "results/summary.md",
@@ -180,4 +281,5 @@ rule summary:
     shell:
         "python -m pipeline summary --config-json {params.config:q} --accuracy {input.accuracy} "
         "--conservation {input.conservation} --eos {input.eos} --interface {input.interface} "
-        "--cotraining {input.cotraining} --speed {input.speed} --output {output.summary} > {log} 2>&1"
+        "--cotraining {input.cotraining} --speed {input.speed} --robustness {input.robustness} "
+        "--output {output.summary} > {log} 2>&1"

@@ -1,6 +1,6 @@
 # Stage "md": the production cell (Pt(111) slab + CO) with its static HF/LF partition, then one LAMMPS
 # NVE/NVT run per {run}: full HF and full LF (experts of md.reference_pair), and the mixture of each
-# trained pair (moe_independent, moe_cotrained). Needs train.smk included first (rules.train).
+# trained pair (moe_independent, moe_cotrained). Needs train.smk included first (expert_checkpoint).
 #
 # Each run writes restart files to results/md/{run}/state/ every md.run.restart_interval steps. The state
 # is NOT a declared output, so Snakemake never deletes it: a killed job rerun with --rerun-incomplete
@@ -17,15 +17,9 @@
 # of <pair>; hf / lf = that expert of md.reference_pair on every atom.
 MD_RUNS = ["hf", "lf", "moe_independent", "moe_cotrained"]
 MD_CHECKPOINTS = {
-    "hf": {"hf": expand(rules.train.output.hf, pair=CFG.md.reference_pair)[0]},
-    "lf": {"lf": expand(rules.train.output.lf, pair=CFG.md.reference_pair)[0]},
-    **{
-        f"moe_{pair}": {
-            "hf": expand(rules.train.output.hf, pair=pair)[0],
-            "lf": expand(rules.train.output.lf, pair=pair)[0],
-        }
-        for pair in TRAIN_PAIRS
-    },
+    "hf": {"hf": expert_checkpoint("hf", CFG.md.reference_pair)},
+    "lf": {"lf": expert_checkpoint("lf", CFG.md.reference_pair)},
+    **{f"moe_{pair}": pair_checkpoints(pair) for pair in TRAIN_PAIRS},
 }
 
 

@@ -1,51 +1,107 @@
-# Stage "train": dataset -> one HF/LF expert pair per {pair}: "cotrained" (agreement terms on bulk
-# atoms) and "independent" (lambda = 0, same seed, data order and budget), then the co-training table.
+# Stage "train": dataset -> the experts of every pair, per training seed (pipeline.train.run).
 #
-# The training state (results/models/{pair}/state/, written atomically after every epoch) is NOT a
-# declared output, so Snakemake never deletes it: a killed or failed job rerun with
-# --rerun-incomplete resumes from the last completed epoch (the partial metrics.csv is rewritten from
-# the state). The state file is removed after a successful run, so a rerun caused by a changed
-# dataset or config starts afresh; a leftover state from an interrupted run with a different config
-# is an error that names the differing keys (delete the state directory to start over).
+# Pairs: "cotrained" (agreement terms of train:) and "independent" (every lambda 0). With
+# train.agreement_mode anchored (default) training runs in two stages: train_hf trains the HF expert alone
+# and selects it on its own validation loss; that one HF belongs to both pairs; train_lf then trains each
+# pair's LF expert against it (frozen, its outputs cached). With agreement_mode symmetric the co-trained
+# pair's two experts train together (train_pair, one joint selection); the independent pair is unchanged.
+# Paths carry the seed ({seed}: initial weights, batch order, mixture cells; the split has its own seed),
+# so the robustness target (analysis.smk) trains the same rules for several seeds.
 #
-# GPU: the code picks the device itself (config key device: auto -> CUDA when present); on a cluster
-# give the rule a GPU with e.g. `--set-resources train:gpu=1` (the slurm executor plugin maps it).
-# No gpu resource is declared here, so CPU-only runs are not blocked by an absent counter.
+# A stage's state (results/models/seed{seed}/.../state/, written atomically after every epoch) is NOT a
+# declared output, so Snakemake never deletes it: a killed job rerun with --rerun-incomplete resumes from
+# the last completed epoch. The state file is removed after a successful run; a leftover state of another
+# configuration is an error that names the differing keys (delete the state directory to start over).
+#
+# GPU: the code picks the device itself (config key device: auto -> CUDA when present); on a cluster give
+# the rules a GPU with e.g. `--set-resources train_hf:gpu=1` (the slurm executor plugin maps it).
 
-# The pairs (pipeline.train.PAIRS; not imported here to keep torch out of DAG building).
-TRAIN_PAIRS = ["cotrained", "independent"]
+TRAIN_CONFIG = stage_config("models", "regions", "train", "md.partition")
 
 
-rule train:
+rule train_hf:
     input:
         dataset=rules.ingest.output.dataset,
     output:
-        hf="results/models/{pair}/hf.pt",
-        lf="results/models/{pair}/lf.pt",
-        metrics="results/models/{pair}/metrics.csv",
+        hf="results/models/seed{seed}/hf.pt",
+        metrics="results/models/seed{seed}/hf_metrics.csv",
     params:
-        config=stage_config("models", "regions", "train"),
-        state_dir="results/models/{pair}/state",
+        config=TRAIN_CONFIG,
+        state_dir="results/models/seed{seed}/hf_state",
     log:
-        "results/logs/train/{pair}.log",
+        "results/logs/train/seed{seed}/hf.log",
     benchmark:
-        "results/benchmarks/train/{pair}.tsv"
+        "results/benchmarks/train/seed{seed}/hf.tsv"
     threads: 1
     wildcard_constraints:
-        pair="cotrained|independent",
+        seed=r"\d+",
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline train --config-json {params.config:q} --pair {wildcards.pair} "
-        "--dataset {input.dataset} --hf {output.hf} --lf {output.lf} --metrics {output.metrics} "
-        "--state-dir {params.state_dir} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m pipeline train --config-json {params.config:q} --stage hf "
+        "--seed {wildcards.seed} --dataset {input.dataset} --hf {output.hf} --metrics {output.metrics} "
+        "--state-dir {params.state_dir} --no-progress > {log} 2>&1"
+
+
+rule train_lf:
+    input:
+        dataset=rules.ingest.output.dataset,
+        anchor=rules.train_hf.output.hf,
+    output:
+        lf="results/models/seed{seed}/{pair}/lf.pt",
+        metrics="results/models/seed{seed}/{pair}/metrics.csv",
+    params:
+        config=TRAIN_CONFIG,
+        state_dir="results/models/seed{seed}/{pair}/state",
+    log:
+        "results/logs/train/seed{seed}/lf_{pair}.log",
+    benchmark:
+        "results/benchmarks/train/seed{seed}/lf_{pair}.tsv"
+    threads: 1
+    wildcard_constraints:
+        seed=r"\d+",
+        pair="independent" if SYMMETRIC else "cotrained|independent",
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline train --config-json {params.config:q} --stage lf "
+        "--pair {wildcards.pair} --seed {wildcards.seed} --dataset {input.dataset} --anchor {input.anchor} "
+        "--lf {output.lf} --metrics {output.metrics} --state-dir {params.state_dir} --no-progress > {log} 2>&1"
+
+
+if SYMMETRIC:
+
+    rule train_pair:
+        input:
+            dataset=rules.ingest.output.dataset,
+        output:
+            hf="results/models/seed{seed}/{pair}/hf.pt",
+            lf="results/models/seed{seed}/{pair}/lf.pt",
+            metrics="results/models/seed{seed}/{pair}/metrics.csv",
+        params:
+            config=TRAIN_CONFIG,
+            state_dir="results/models/seed{seed}/{pair}/state",
+        log:
+            "results/logs/train/seed{seed}/pair_{pair}.log",
+        benchmark:
+            "results/benchmarks/train/seed{seed}/pair_{pair}.tsv"
+        threads: 1
+        wildcard_constraints:
+            seed=r"\d+",
+            pair="cotrained",
+        conda:
+            "../../envs/pipeline.yaml"
+        shell:
+            "OMP_NUM_THREADS={threads} python -m pipeline train --config-json {params.config:q} --stage pair "
+            "--pair {wildcards.pair} --seed {wildcards.seed} --dataset {input.dataset} --hf {output.hf} "
+            "--lf {output.lf} --metrics {output.metrics} --state-dir {params.state_dir} --no-progress > {log} 2>&1"
 
 
 rule cotraining_table:
     input:
         dataset=rules.ingest.output.dataset,
-        hf=expand("results/models/{pair}/hf.pt", pair=TRAIN_PAIRS),
-        lf=expand("results/models/{pair}/lf.pt", pair=TRAIN_PAIRS),
+        hf=[expert_checkpoint("hf", pair) for pair in TRAIN_PAIRS],
+        lf=[expert_checkpoint("lf", pair) for pair in TRAIN_PAIRS],
     output:
         csv="results/tables/cotraining.csv",
         md="results/tables/cotraining.md",
