@@ -594,7 +594,7 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
         description="Reads the analysis tables (CSV; each optional) and writes the summary page (Markdown).",
     )
     _add_config_args(p)
-    for name in ("accuracy", "conservation", "eos", "interface", "cotraining", "speed", "robustness"):
+    for name in ("accuracy", "conservation", "eos", "elastic", "interface", "cotraining", "speed", "robustness"):
         p.add_argument(f"--{name}", default=None, help=f"input: {name} table, CSV")
     p.add_argument("--output", required=True, help="output: summary page, Markdown")
     p.set_defaults(func=_run_summary)

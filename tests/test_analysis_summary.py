@@ -35,7 +35,7 @@ def _verdicts(page):
 def test_verdicts_follow_the_numbers(tmp_path):
     page = summary_page(_tables(tmp_path, speedup=2.6))
     verdicts = _verdicts(page)
-    assert verdicts == {"conservation": "yes", "eos": "yes", "accuracy": "yes", "interface": "yes",
+    assert verdicts == {"conservation": "yes", "eos": "yes", "elastic": "n/a", "accuracy": "yes", "interface": "yes",
                         "cotraining": "n/a", "speed": "yes", "robustness": "n/a"}
     assert "table not computed" in page  # the co-training table was not given
     assert "10.0x" in page  # interface reduction 80 / 8
@@ -133,3 +133,19 @@ def test_robustness_verdict_needs_every_seed_to_meet_every_criterion(tmp_path):
         assert f"bulk_force_disagreement_cut: {np.mean(cuts):.3g} +- " in page
         met = sum(c >= 5.0 for c in cuts)
         assert f"met by {met} of 3 seeds" in (tmp_path / "r.md").read_text()
+
+
+def test_elastic_verdict_compares_the_largest_within_pair_difference(tmp_path):
+    tables = _tables(tmp_path, speedup=2.6)
+    pd.DataFrame({"model": ["dft", "hf", "lf_cotrained", "lf_independent"],
+                  "c11_gpa": [320.0, 380.0, 390.0, 400.0], "c12_gpa": [234.0, 300.0, 300.0, 300.0],
+                  "c44_gpa": [84.0, 90.0, 90.0, 80.0], "fit_ok": True}).to_csv(tmp_path / "elastic.csv", index=False)
+    tables["elastic"] = tmp_path / "elastic.csv"
+    page = summary_page(tables)
+    # co-trained: worst C11 +2.6 %; independent: worst C44 -11.1 %
+    assert "cotrained pair: max |C_ij(LF)/C_ij(HF) - 1| 2.6 %" in page and "independent pair: max" in page
+    assert _verdicts(page)["elastic"] == "yes"
+    elastic = pd.read_csv(tables["elastic"])
+    elastic.loc[elastic["model"] == "lf_cotrained", "c44_gpa"] = 60.0  # -33 %: worse than the independent LF
+    elastic.to_csv(tables["elastic"], index=False)
+    assert _verdicts(summary_page(tables))["elastic"] == "no"

@@ -22,6 +22,7 @@ from pipeline.analysis._common import write_atomic
 CLAIMS = {
     "conservation": "Exact energy conservation in NVE for the mixture (drift at the level of a single model)",
     "eos": "Co-trained experts give matching bulk EOS (V0) and bulk modulus B0",
+    "elastic": "Co-trained experts share the bulk mechanical response (elastic constants)",
     "accuracy": "Mixture accuracy close to a full-HF simulation",
     "interface": "Co-training removes the spurious forces at the HF/LF interface",
     "cotraining": "Co-training makes HF and LF agree on bulk Pt environments",
@@ -184,6 +185,27 @@ def speed_line(table: pd.DataFrame) -> tuple[str, bool | None]:
             + ". Criterion: > 2x at f ~ 0.2 on the largest system."), ok
 
 
+def elastic_line(table: pd.DataFrame) -> tuple[str, bool | None]:
+    """C11, C12, C44 of DFT and of every model, and the largest relative LF-HF difference within each pair;
+    verdict: the co-trained LF's largest difference is no larger than the independent LF's."""
+    t = table.set_index("model")
+    parts = [f"{m}: C11 {t.loc[m, 'c11_gpa']:.0f}, C12 {t.loc[m, 'c12_gpa']:.0f}, C44 {t.loc[m, 'c44_gpa']:.0f} GPa"
+             for m in t.index if m == "dft" or str(m).startswith(("hf", "lf_", "moe_"))]
+    worst: dict[str, float] = {}
+    for pair in ("cotrained", "independent"):
+        hf, lf = _pair_hf(t.index, pair), f"lf_{pair}"
+        if hf not in t.index or lf not in t.index:
+            continue
+        if "fit_ok" in t.columns and not (bool(t.loc[hf, "fit_ok"]) and bool(t.loc[lf, "fit_ok"])):
+            parts.append(f"no verdict for {pair}: a fit failed")
+            continue
+        worst[pair] = max(abs(t.loc[lf, c] / t.loc[hf, c] - 1.0) * 100.0 for c in ("c11_gpa", "c12_gpa", "c44_gpa"))
+        parts.append(f"{pair} pair: max |C_ij(LF)/C_ij(HF) - 1| {worst[pair]:.1f} %")
+    ok = bool(worst["cotrained"] <= worst["independent"]) if set(worst) == {"cotrained", "independent"} else None
+    return "; ".join(parts) + (". Criterion: the co-trained pair's largest within-pair difference <= the "
+                               "independent pair's."), ok
+
+
 def robustness_line(table: pd.DataFrame) -> tuple[str, bool | None]:
     """Mean +- std over training seeds of each co-training criterion and how many seeds meet it; verdict:
     every seed meets every criterion (pipeline.analysis.robustness.CRITERIA)."""
@@ -198,6 +220,7 @@ def robustness_line(table: pd.DataFrame) -> tuple[str, bool | None]:
 LINES = {
     "conservation": conservation_line,
     "eos": eos_line,
+    "elastic": elastic_line,
     "accuracy": accuracy_line,
     "interface": interface_line,
     "cotraining": cotraining_line,

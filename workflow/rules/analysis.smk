@@ -259,6 +259,7 @@ rule summary:
         accuracy=rules.accuracy.output.csv,
         conservation=rules.conservation.output.csv,
         eos=rules.eos.output.csv,
+        elastic=rules.elastic.output.csv,
         interface=rules.interface.output.csv,
         cotraining=rules.cotraining_table.output.csv,
         speed=rules.speed.output.csv,
@@ -280,6 +281,6 @@ rule summary:
         "../../envs/pipeline.yaml"
     shell:
         "python -m pipeline summary --config-json {params.config:q} --accuracy {input.accuracy} "
-        "--conservation {input.conservation} --eos {input.eos} --interface {input.interface} "
+        "--conservation {input.conservation} --eos {input.eos} --elastic {input.elastic} --interface {input.interface} "
         "--cotraining {input.cotraining} --speed {input.speed} --robustness {input.robustness} "
         "--output {output.summary} > {log} 2>&1"
