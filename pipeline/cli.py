@@ -256,6 +256,49 @@ def _run_elastic_dft(args: argparse.Namespace) -> None:
     print(conv.to_string(index=False))
 
 
+def _add_label_convergence(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "label-convergence",
+        help="convergence study of the DFT labelling settings on representative frames; resumable",
+        description=(
+            "Evaluates the frames label_convergence.frames of --labelled with a ladder of GPAW settings that "
+            "varies one parameter at a time (k-point density, grid spacing, smearing, LCAO basis) from "
+            "label_convergence.base, and with the current label: settings; proposes the cheapest setting within "
+            "the tolerances, evaluates it, and writes tables (CSV + Markdown), the CO adsorption energies, the "
+            "labelled units and a README into --dest. Every (frame, setting) is cached in --cache-dir."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--labelled", default="resources/dft/pt_co_gpaw.extxyz",
+                   help="input: labelled frames, extxyz (default: %(default)s)")
+    p.add_argument("--cache-dir", required=True, help="directory of the per-unit result cache")
+    p.add_argument("--log-dir", required=True, help="directory of the per-unit calculator logs")
+    p.add_argument("--dest", required=True, help="output directory, e.g. resources/dft/convergence")
+    p.add_argument("--plan", action="store_true",
+                   help="list the units (frame, setting, k mesh, cached or not) and stop; computes nothing")
+    p.add_argument("--cached-only", action="store_true",
+                   help="compute nothing: write the tables from what the cache holds (units not computed are "
+                        "listed as pending; rerun without this flag to resume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_label_convergence)
+
+
+def _run_label_convergence(args: argparse.Namespace) -> None:
+    import shlex
+
+    from pipeline.data import convergence as conv
+
+    cfg = config_from_args(args)
+    if args.plan:
+        print(conv.plan(args.labelled, cfg.label, cfg.label_convergence, cache_dir=args.cache_dir).to_string(index=False))
+        return
+    result = conv.run_study(args.labelled, cfg.label, cfg.label_convergence, cache_dir=args.cache_dir,
+                            log_dir=args.log_dir, progress=not args.no_progress, cached_only=args.cached_only)
+    conv.ship_study(result, cfg.label_convergence, cfg.label, dest=args.dest, labelled=args.labelled,
+                    command="python -m pipeline " + shlex.join(a for a in sys.argv[1:] if a != "--cached-only"))
+    print(result.table.to_string(index=False))
+
+
 # ---------------------------------------------------------------------------------------------
 # train / cotraining-table
 # ---------------------------------------------------------------------------------------------
@@ -791,6 +834,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_dft_sanity,
     _add_ship_dft,
     _add_elastic_dft,
+    _add_label_convergence,
     _add_train,
     _add_cotraining_table,
     _add_md_system,

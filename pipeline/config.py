@@ -184,6 +184,71 @@ class LabelConfig:
 
 
 @dataclass(frozen=True)
+class LabelConvergenceBase:
+    """The base setting of the label convergence ladder (``label_convergence.base``); see
+    :mod:`pipeline.data.convergence`. k-point density in points per A^-1, h in A, smearing in eV."""
+
+    kpt_density: float = 4.5
+    h_a: float = 0.2
+    smearing_ev: float = 0.05
+    basis: str = "dzp"
+
+
+@dataclass(frozen=True)
+class LabelConvergenceAxes:
+    """The values each axis takes in turn, the others at the base (``label_convergence.axes``)."""
+
+    kpt_density: tuple[float, ...] = (1.5, 3.0, 4.5, 6.0)
+    h_a: tuple[float, ...] = (0.25, 0.2, 0.16)
+    smearing_ev: tuple[float, ...] = (0.1, 0.05)
+    basis: tuple[str, ...] = ("dzp", "tzdp")
+
+
+@dataclass(frozen=True)
+class LabelConvergenceConfig:
+    """Convergence study of the labelling protocol (``label_convergence:``); see :mod:`pipeline.data.convergence`.
+
+    Tolerances: force RMS in meV/A, error of within-family energy differences in meV/atom.
+    """
+
+    frames: tuple[str, ...] = (
+        "bulk-eos-005",
+        "bulk-eos-002",
+        "bulk-rattle-4at-001",
+        "clean_slab-2x2-ideal",
+        "clean_slab-3x3-ideal",
+        "slab_co-2x2-q0.25-top-ideal",
+        "slab_co-2x2-q0.25-top-rattle-000",
+        "slab_co-3x3-q0.111-top-ideal",
+        "gas-co-1.140",
+        "gas-co-1.187",
+    )
+    base: LabelConvergenceBase = field(default_factory=LabelConvergenceBase)
+    axes: LabelConvergenceAxes = field(default_factory=LabelConvergenceAxes)
+    skip: tuple[str, ...] = (
+        "bulk-rattle-4at-001:reference",
+        "bulk-rattle-4at-001:kpt_density=3",
+        "bulk-rattle-4at-001:kpt_density=6",
+        "bulk-rattle-4at-001:h_a=*",
+        "bulk-rattle-4at-001:smearing_ev=*",
+        "bulk-rattle-4at-001:basis=*",
+        "bulk-rattle-4at-001:proposed",
+        "*3x3*:kpt_density=6",
+        "slab_co-2x2-q0.25-top-rattle-000:kpt_density=6",
+        "bulk-*:h_a=0.16",
+        "*3x3*:h_a=0.16",
+        "slab_co-2x2-q0.25-top-rattle-000:h_a=0.16",
+        "*3x3*:smearing_ev=0.1",
+        "slab_co-2x2-q0.25-top-rattle-000:smearing_ev=0.1",
+        "bulk-*:basis=tzdp",
+        "*3x3*:basis=tzdp",
+        "slab_co-2x2-q0.25-top-rattle-000:basis=tzdp",
+    )
+    force_rms_tol_mev_a: float = 30.0
+    energy_diff_tol_mev_atom: float = 2.0
+
+
+@dataclass(frozen=True)
 class MoEConfig:
     """Routed mixture-of-experts MLPs inside one expert (``models.<preset>.moe``); see
     :mod:`pipeline.models.moe`. Off by default: the expert is dense."""
@@ -512,6 +577,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    label_convergence: LabelConvergenceConfig = field(default_factory=LabelConvergenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     md: MDConfig = field(default_factory=MDConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)

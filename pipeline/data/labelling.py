@@ -145,6 +145,16 @@ def _safe_name(structure_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", structure_id)
 
 
+def cache_paths(atoms: Atoms, cfg: LabelConfig, cache_dir: str | Path) -> tuple[Path, Path]:
+    """The cache files of ``atoms`` labelled with ``cfg``: (labelled frame, failure record).
+
+    Named by ``info['structure_id']`` and :func:`cache_key`, so they change with the geometry and every
+    label setting; :func:`label_one` reads and writes exactly these files.
+    """
+    name = f"{_safe_name(str(atoms.info['structure_id']))}-{cache_key(atoms, cfg)}"
+    return Path(cache_dir) / f"{name}.extxyz", Path(cache_dir) / f"{name}.failed.json"
+
+
 # ----------------------------------------------------------------------------------------------
 # calculators
 # ----------------------------------------------------------------------------------------------
@@ -257,9 +267,7 @@ def label_one(atoms: Atoms, cfg: LabelConfig, *, cache_dir: Path, log_dir: Path)
     cache_dir, log_dir = Path(cache_dir), Path(log_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(atoms, cfg)
-    name = f"{_safe_name(sid)}-{key}"
-    done, failed = cache_dir / f"{name}.extxyz", cache_dir / f"{name}.failed.json"
+    done, failed = cache_paths(atoms, cfg, cache_dir)
     if done.exists():
         try:
             return read(done, format="extxyz"), None
