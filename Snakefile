@@ -16,6 +16,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/md.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/moe_study.smk"
+include: "workflow/rules/generalisation.smk"
+include: "workflow/rules/active.smk"
 
 
 rule all:

@@ -324,6 +324,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", required=True, choices=("hf", "lf", "pair"), help="which stage to train")
     p.add_argument("--pair", choices=("cotrained", "independent"), help="the pair of an lf or pair stage")
     p.add_argument("--seed", type=int, help="override the configuration's seed (initial weights, batch order, cells)")
+    p.add_argument("--train-fraction", type=float, default=1.0,
+                   help="train on whole groups holding this fraction of each family's training frames (nested "
+                        "subsets for one --subset-seed; validation and test unchanged; default: %(default)s)")
+    p.add_argument("--subset-seed", type=int, default=0,
+                   help="seed of the group order of --train-fraction (default: %(default)s)")
     p.add_argument("--dataset", required=True, help="input: dataset of the ingest stage, extxyz")
     p.add_argument("--anchor", help="input (stage lf): the frozen HF expert checkpoint (.pt)")
     p.add_argument("--hf", help="output (stages hf, pair): HF expert checkpoint (.pt)")
@@ -345,7 +350,8 @@ def _run_train(args: argparse.Namespace) -> None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     run_training(cfg, stage=args.stage, pair=args.pair, dataset=args.dataset, hf_path=args.hf, lf_path=args.lf,
                  anchor_path=args.anchor, metrics_path=args.metrics, state_dir=args.state_dir,
-                 progress=not args.no_progress, keep_state=args.keep_state)
+                 progress=not args.no_progress, keep_state=args.keep_state,
+                 train_fraction=args.train_fraction, subset_seed=args.subset_seed)
 
 
 def _add_cotraining_table(sub: argparse._SubParsersAction) -> None:
@@ -485,6 +491,9 @@ def _add_accuracy(sub: argparse._SubParsersAction) -> None:
     )
     _add_config_args(p)
     p.add_argument("--dataset", required=True, help="input: dataset of the ingest stage, extxyz")
+    p.add_argument("--generalisation", default=None,
+                   help="input: the shipped generalisation set, extxyz (rows of split 'generalisation'); omitted: "
+                        "the table says that the set is absent")
     _add_pair_args(p)
     _add_table_outputs(p, png="parity plots")
     p.set_defaults(func=_run_accuracy)
@@ -495,9 +504,11 @@ def _run_accuracy(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(args)
     table, predictions, frames = accuracy_table(cfg, dataset=args.dataset, pairs=_pairs(args),
-                                                reference_pair=_reference_pair(args, cfg))
+                                                reference_pair=_reference_pair(args, cfg),
+                                                generalisation=args.generalisation)
     write_accuracy(table, frames, predictions, csv=args.csv, md=args.md, png=args.png, precision=cfg.analysis.dtype,
-                   split=cfg.analysis.accuracy.split, lf_data=cfg.train.lf_data, partition_rule=cfg.md.partition.rule)
+                   split=cfg.analysis.accuracy.split, lf_data=cfg.train.lf_data, partition_rule=cfg.md.partition.rule,
+                   generalisation_path=args.generalisation or cfg.generalisation.path)
 
 
 def _add_conservation(sub: argparse._SubParsersAction) -> None:
@@ -825,6 +836,271 @@ def _run_moe_study_report(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# active learning (pipeline.active; workflow/rules/active.smk)
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_al_explore(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "al-explore",
+        help="active learning: short Langevin MD of the mixture and full HF in one small cell; snapshots",
+        description=(
+            "Runs one trajectory per potential of active.explore.runs (mixture: HF on the md.partition HF atoms, "
+            "LF elsewhere; hf: HF everywhere) and per temperature of active.explore.temperatures_k in the cell "
+            "--cell; snapshots every active.explore.snapshot_interval steps with their provenance; a trajectory "
+            "that turns unphysical is stopped, its last good state kept and the reason recorded."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--cell", required=True, help="exploration cell (a name of pipeline.active.cells.CELLS)")
+    p.add_argument("--iteration", type=int, required=True, help="loop iteration (provenance, random streams)")
+    p.add_argument("--hf", required=True, help="input: HF checkpoint (.pt) of the first committee seed")
+    p.add_argument("--lf", default=None, help="input: LF checkpoint (.pt) of the mixture (needed by the mixture run)")
+    p.add_argument("--frames", required=True, help="output: unlabelled snapshots, extxyz")
+    p.add_argument("--trajectories", required=True, help="output: one row per trajectory, CSV")
+    p.set_defaults(func=_run_al_explore)
+
+
+def _run_al_explore(args: argparse.Namespace) -> None:
+    from pipeline.active.stages import explore_stage
+
+    explore_stage(config_from_args(args), args.cell, iteration=args.iteration, hf=args.hf, lf=args.lf,
+                  frames=args.frames, trajectories=args.trajectories)
+
+
+def _add_al_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "al-score",
+        help="active learning: score snapshots by the HF committee's max per-atom force spread",
+        description=(
+            "Evaluates every snapshot with every committee member; writes the frames with info al_score (eV/A), "
+            "the score table and the per-element mean invariant descriptors of the first member (NPZ)."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--frames", nargs="+", required=True, help="input: snapshot files of al-explore, extxyz")
+    p.add_argument("--committee", nargs="+", required=True, help="input: HF checkpoints (.pt), one per seed (>= 2)")
+    p.add_argument("--scored", required=True, help="output: scored frames, extxyz")
+    p.add_argument("--scores", required=True, help="output: score table, CSV")
+    p.add_argument("--descriptors", required=True, help="output: frame descriptors, NPZ")
+    p.set_defaults(func=_run_al_score)
+
+
+def _run_al_score(args: argparse.Namespace) -> None:
+    from pipeline.active.stages import score_stage
+
+    score_stage(config_from_args(args), args.frames, args.committee, scored=args.scored, scores=args.scores,
+                descriptors=args.descriptors)
+
+
+def _add_al_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "al-select",
+        help="active learning: pick diverse high-uncertainty frames; write labelling chunks",
+        description=(
+            "Candidates: the top active.select.top_fraction of the scores (and >= min_score_ev_a); then "
+            "farthest-point sampling of at most max_frames in the standardised descriptor space, from the "
+            "highest score (ties broken by active.seed). Writes DIRECTORY/chunk_NNN.extxyz (chunk_size frames "
+            "each, at least one file) and DIRECTORY/selected.csv."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--scored", required=True, help="input: scored frames of al-score, extxyz")
+    p.add_argument("--scores", required=True, help="input: score table of al-score, CSV")
+    p.add_argument("--descriptors", required=True, help="input: descriptors of al-score, NPZ")
+    p.add_argument("--directory", required=True, help="output: directory of the labelling chunks")
+    p.set_defaults(func=_run_al_select)
+
+
+def _run_al_select(args: argparse.Namespace) -> None:
+    from pipeline.active.stages import select_stage
+
+    select_stage(config_from_args(args), scored=args.scored, scores=args.scores, descriptors=args.descriptors,
+                 directory=args.directory)
+
+
+def _add_al_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "al-report",
+        help="active learning: one iteration's row (counts, scores, calibration, test MAE, labelling time)",
+        description=(
+            "Scores the test split of the iteration's dataset and the frames labelled in the iteration with the "
+            "committee: calibration (Spearman, binned means, PNG) of the score against the committee mean's "
+            "force error, HF test MAE, and the iteration's counts and labelling CPU time (row as JSON)."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--iteration", type=int, required=True, help="loop iteration")
+    p.add_argument("--dataset", required=True, help="input: the dataset the iteration trained on (ingest output)")
+    p.add_argument("--committee", nargs="+", required=True, help="input: the iteration's HF checkpoints (.pt)")
+    p.add_argument("--trajectories", nargs="+", required=True, help="input: trajectories CSVs of al-explore")
+    p.add_argument("--scores", required=True, help="input: score table of al-score, CSV")
+    p.add_argument("--selected", required=True, help="input: selected.csv of al-select")
+    p.add_argument("--labelled", required=True, help="input: the iteration's merged labelled frames, extxyz")
+    p.add_argument("--failures", required=True, help="input: the iteration's merged labelling failures, CSV")
+    p.add_argument("--row", required=True, help="output: the iteration's row, JSON")
+    p.add_argument("--calibration-csv", required=True, help="output: calibration table, CSV")
+    p.add_argument("--calibration-png", required=True, help="output: calibration plot, PNG")
+    p.set_defaults(func=_run_al_report)
+
+
+def _run_al_report(args: argparse.Namespace) -> None:
+    from pipeline.active.report import write_iteration_report
+
+    write_iteration_report(config_from_args(args), row_json=args.row, calibration_csv=args.calibration_csv,
+                           calibration_png=args.calibration_png, iteration=args.iteration, dataset=args.dataset,
+                           committee=args.committee, trajectories=args.trajectories, scores=args.scores,
+                           selected=args.selected, labelled=args.labelled, failures=args.failures)
+
+
+def _add_al_table(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "al-table",
+        help="active learning: the per-iteration table (CSV + Markdown) from the rows of al-report",
+        description="Combines the per-iteration rows (JSON) into one table sorted by iteration.",
+    )
+    p.add_argument("--rows", nargs="+", required=True, help="input: rows of al-report, JSON")
+    p.add_argument("--csv", required=True, help="output: table, CSV")
+    p.add_argument("--md", required=True, help="output: table, Markdown")
+    p.set_defaults(func=_run_al_table)
+
+
+def _run_al_table(args: argparse.Namespace) -> None:
+    from pipeline.active.report import write_iteration_table
+
+    print(write_iteration_table(args.rows, csv=args.csv, md=args.md).to_string(index=False))
+
+
+def _add_al_ship(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "al-ship",
+        help="active learning: write the grown labelled set (base + added frames) with a generated README",
+        description=(
+            "Writes DEST/NAME (the base frames, then the frames the loop added), DEST/failures_active.csv (if "
+            "any), DEST/sanity.{csv,md} and DEST/README.md (settings, counts, CPU time, sanity table, the "
+            "active-learning provenance and the per-iteration table). The only way the loop's frames reach "
+            "resources/ (e.g. --dest resources/dft)."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--base", nargs="+", required=True, help="input: the base labelled set(s), extxyz")
+    p.add_argument("--added", nargs="*", default=[], help="input: merged labelled frames of each iteration, extxyz")
+    p.add_argument("--failures", nargs="*", default=[], help="input: labelling failures of each iteration, CSV")
+    p.add_argument("--table-md", default=None, help="input: per-iteration table of al-table, Markdown")
+    p.add_argument("--dest", required=True, help="output directory")
+    p.add_argument("--name", default="pt_co_gpaw.extxyz", help="file name of the grown set in DEST")
+    p.set_defaults(func=_run_al_ship)
+
+
+def _run_al_ship(args: argparse.Namespace) -> None:
+    import shlex
+
+    from pipeline.active.ship import ship_grown_set
+
+    cfg = config_from_args(args)
+    argv = sys.argv[1:]
+    kept = [a for i, a in enumerate(argv) if a != "--config-json" and (i == 0 or argv[i - 1] != "--config-json")]
+    command = "python -m pipeline " + shlex.join(kept)
+    frames = ship_grown_set(args.base, args.added, args.failures, args.dest, name=args.name, table_md=args.table_md,
+                            command=command, label_cfg=cfg.label)
+    print(f"wrote {len(frames)} frames to {args.dest}/{args.name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# generalisation set: sample-generalisation / ship-generalisation / data-learning-curve
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_sample_generalisation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample-generalisation",
+        help="build the generalisation structures (outside every training family) into chunk files",
+        description=(
+            "Builds the structures of the generalisation: section (pipeline.data.generalisation: thicker slabs, "
+            "other CO sites and coverages, adatom, vacancy, step, bulk vacancy; each ideal and rattled; "
+            "deterministic for generalisation.seed) and splits them into generalisation.n_chunks extxyz files of "
+            "similar estimated DFT cost, for the label stage."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--chunks", nargs="+", required=True,
+                   help="output: one extxyz file per chunk (exactly generalisation.n_chunks paths)")
+    p.set_defaults(func=_run_sample_generalisation)
+
+
+def _run_sample_generalisation(args: argparse.Namespace) -> None:
+    from pipeline.data.generalisation import write_generalisation_chunks
+
+    write_generalisation_chunks(config_from_args(args), args.chunks)
+
+
+def _add_ship_generalisation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ship-generalisation",
+        help="copy the labelled generalisation set into DEST with a README (frame list, settings, CPU time)",
+        description=(
+            "Copies the merged labelled generalisation frames to DEST/generalisation.extxyz and writes "
+            "DEST/generalisation_README.md: how the set was made, the command, the DFT settings (compared with "
+            "--reference, the training set), every frame with kind, size, k mesh and CPU time, and the failures."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--labelled", required=True, help="input: merged labelled frames, extxyz")
+    p.add_argument("--failures", required=True, help="input: merged failures, CSV")
+    p.add_argument("--structures", nargs="+", required=True, help="input: the unlabelled chunk files, extxyz")
+    p.add_argument("--reference", default=None, help="input: the training set whose DFT settings must match, extxyz")
+    p.add_argument("--dest", default=None, help="output directory (default: generalisation.dest, e.g. resources/dft)")
+    p.add_argument("--receipt", default=None, help="output: the frame list, CSV (the rule's declared output)")
+    p.add_argument("--command", default=None, help="the command that produced the set (README)")
+    p.set_defaults(func=_run_ship_generalisation)
+
+
+def _run_ship_generalisation(args: argparse.Namespace) -> None:
+    from pipeline.atomic import write_atomic
+    from pipeline.data.generalisation_set import ship_generalisation
+
+    cfg = config_from_args(args)
+    command = args.command or "snakemake --cores 1 generalisation"
+    table = ship_generalisation(args.labelled, args.failures, args.structures, args.dest or cfg.generalisation.dest,
+                                label_cfg=cfg.label, command=command, reference=args.reference,
+                                generalisation_cfg=cfg.generalisation)
+    if args.receipt:
+        write_atomic(args.receipt, lambda tmp: table.to_csv(tmp, index=False))
+    print(table.to_string(index=False))
+
+
+def _add_data_learning_curve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data-learning-curve",
+        help="HF test and generalisation errors against the number of training frames (table + log-log plot)",
+        description=(
+            "Evaluates the HF experts trained on fractions of the training frames (train --train-fraction) on the "
+            "near-equilibrium frames of the test split and of the shipped generalisation set: energy and force "
+            "MAE per fraction, log-log slopes; CSV, Markdown and PNG."
+        ),
+    )
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True, help="input: dataset of the ingest stage, extxyz")
+    p.add_argument("--fractions", nargs="+", type=float, required=True, help="training fraction of each checkpoint")
+    p.add_argument("--hf", nargs="+", required=True, help="input: HF checkpoints, in the order of --fractions")
+    p.add_argument("--seed", type=int, default=None, help="training seed of the checkpoints (notes; default: seed)")
+    p.add_argument("--generalisation", default=None, help="input: the shipped generalisation set, extxyz")
+    _add_table_outputs(p, png="log-log learning curve")
+    p.set_defaults(func=_run_data_learning_curve)
+
+
+def _run_data_learning_curve(args: argparse.Namespace) -> None:
+    from pipeline.analysis.data_curve import data_curve_table, write_data_curve
+
+    cfg = config_from_args(args)
+    table = data_curve_table(cfg, dataset=args.dataset, fractions=args.fractions, checkpoints=args.hf,
+                             generalisation=args.generalisation)
+    write_data_curve(table, csv=args.csv, md=args.md, png=args.png, precision=cfg.analysis.dtype,
+                     seed=cfg.seed if args.seed is None else args.seed,
+                     subset_seed=cfg.generalisation.learning_curve.subset_seed, generalisation=args.generalisation)
+
+
+# ---------------------------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_ingest,
@@ -853,6 +1129,15 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_moe_emt_dataset,
     _add_moe_study_train,
     _add_moe_study_report,
+    _add_sample_generalisation,
+    _add_ship_generalisation,
+    _add_data_learning_curve,
+    _add_al_explore,
+    _add_al_score,
+    _add_al_select,
+    _add_al_report,
+    _add_al_table,
+    _add_al_ship,
 )
 
 

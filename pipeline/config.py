@@ -564,6 +564,87 @@ class MoEStudyConfig:
 
 
 @dataclass(frozen=True)
+class ActiveExploreConfig:
+    """Exploration MD of the active-learning loop (``active.explore:``); see :mod:`pipeline.active.explore`.
+    Times in fs, temperatures in K, lengths in A."""
+
+    cells: tuple[str, ...] = (
+        "2x2x4-co-top", "2x2x4-co-fcc", "2x2x5-co-bridge", "2x2x4-2co", "3x3x4-co-top", "3x3x4-co-hcp",
+        "3x3x4-3co", "3x3x4-adatom-co", "3x3x5-vacancy-co",
+    )
+    runs: tuple[str, ...] = ("mixture", "hf")
+    temperatures_k: tuple[float, ...] = (300.0, 600.0, 900.0)
+    steps: int = 500
+    timestep_fs: float = 1.0
+    friction_per_fs: float = 0.01
+    snapshot_interval: int = 25
+    fixed_bottom_layers: int = 1
+    vacuum_a: float = 7.0
+    min_distance_a: float = 0.8
+    max_co_bond_a: float = 1.6
+    max_temperature_k: float = 3000.0
+
+
+@dataclass(frozen=True)
+class ActiveSelectConfig:
+    """Selection of frames to label (``active.select:``); see :mod:`pipeline.active.select`. Scores in eV/A."""
+
+    top_fraction: float = 0.25
+    min_score_ev_a: float = 0.0
+    max_frames: int = 24
+    chunk_size: int = 2
+
+
+@dataclass(frozen=True)
+class ActiveConfig:
+    """The active-learning loop (``active:``; target ``active``, not part of the default run); see
+    :mod:`pipeline.active`."""
+
+    iterations: int = 3
+    committee_seeds: tuple[int, ...] = (0, 1, 2)
+    pair: str = "cotrained"
+    seed: int = 0
+    dtype: str = "float64"
+    batch_size: int = 8
+    calibration_bins: int = 5
+    ship_dir: str = "results/active/ship"
+    explore: ActiveExploreConfig = field(default_factory=ActiveExploreConfig)
+    select: ActiveSelectConfig = field(default_factory=ActiveSelectConfig)
+
+
+@dataclass(frozen=True)
+class GeneralisationLearningCurveConfig:
+    """The data learning curve (``generalisation.learning_curve:``; target ``data_learning_curve``): the HF
+    expert trained on nested, group-complete subsets of the training frames."""
+
+    fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    subset_seed: int = 0
+
+
+@dataclass(frozen=True)
+class GeneralisationConfig:
+    """The shipped generalisation set (``generalisation:``); see :mod:`pipeline.data.generalisation`.
+    Lengths in A."""
+
+    path: str = "resources/dft/generalisation.extxyz"
+    dest: str = "resources/dft"
+    seed: int = 0
+    kinds: tuple[str, ...] = (
+        "thick_slab", "thick_slab_co_top", "thick_slab_co_bridge", "thick_slab_co_hcp", "co_bridge_3x3",
+        "co_hcp_3x3", "coverage_2_9", "coverage_3_9", "coverage_3_4", "adatom", "adatom_co", "vacancy",
+        "vacancy_co", "step", "step_co", "bulk_vacancy",
+    )
+    thick_layers: int = 6
+    vacancy_layers: int = 5
+    step_layers: int = 4
+    rattle_stdev_a: float = 0.06
+    rattle_adsorbate_stdev_a: float = 0.03
+    min_distance_a: float = 1.0
+    n_chunks: int = 2
+    learning_curve: GeneralisationLearningCurveConfig = field(default_factory=GeneralisationLearningCurveConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -583,6 +664,8 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     moe_study: MoEStudyConfig = field(default_factory=MoEStudyConfig)
+    active: ActiveConfig = field(default_factory=ActiveConfig)
+    generalisation: GeneralisationConfig = field(default_factory=GeneralisationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), loadable again by :func:`config_from_dict`."""

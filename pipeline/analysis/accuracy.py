@@ -17,6 +17,14 @@ stage (forces only; a frame's energy cannot be split by atom): ``bulk``, ``surfa
 equilibrium are not drowned by the repulsive wall) or one of :data:`pipeline.data.regions.FAMILIES`
 (``bulk``, ``clean_slab``, ``slab_co``, ``close_contact``, ``gas``). Combinations without atoms are left out. ``outside_training_data`` marks LF rows on atoms that an LF expert trained with
 ``train.lf_data: bulk_atoms`` never saw (non-bulk atoms, and energies of non-bulk frames).
+
+Generalisation split: given the shipped generalisation set (``generalisation.path``; structures outside every
+training family, never trained or selected on; :mod:`pipeline.data.generalisation_set`), the same models are
+evaluated on it with the same aggregates, and its rows follow the test rows (whose order is unchanged). The
+table then has two more columns (:data:`SPLIT_COLUMNS`): ``split`` (the split each number comes from) and
+``force_mae_ratio_to_test`` (generalisation force MAE / test force MAE of the same model, region and family;
+the headline is the near-equilibrium one of region ``all``). Without the set the table is as before and its
+notes say that the set is absent.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from pipeline.analysis._common import (
     write_table,
 )
 from pipeline.config import Config
+from pipeline.data.generalisation_set import GENERALISATION_SPLIT, read_generalisation
 from pipeline.data.regions import FAMILIES
 from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.partition import partition_atoms
@@ -48,6 +57,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("model", "region", "family", "energy_mae_mev_atom", "energy_rmse_mev_atom", "force_mae_mev_a",
            "force_rmse_mev_a", "n_frames", "n_atoms", "outside_training_data")
+# appended when the generalisation split is evaluated
+SPLIT_COLUMNS = ("split", "force_mae_ratio_to_test")
 # region name -> environments of pipeline.data.regions.ENVIRONMENTS (None = every atom)
 REGIONS: dict[str, tuple[str, ...] | None] = {
     "all": None,
@@ -128,14 +139,38 @@ def accuracy_rows(
     return rows
 
 
+def with_generalisation(test: pd.DataFrame, generalisation: pd.DataFrame, *, split: str) -> pd.DataFrame:
+    """Test rows (unchanged order), then generalisation rows, with the :data:`SPLIT_COLUMNS` appended.
+
+    ``force_mae_ratio_to_test`` is set on generalisation rows whose (model, region, family) has a test row.
+    """
+    test = test.assign(split=split, force_mae_ratio_to_test=np.nan)
+    reference = test.set_index(["model", "region", "family"])["force_mae_mev_a"]
+    keys = pd.MultiIndex.from_frame(generalisation[["model", "region", "family"]])
+    ratio = generalisation["force_mae_mev_a"].to_numpy() / reference.reindex(keys).to_numpy()
+    generalisation = generalisation.assign(split=GENERALISATION_SPLIT, force_mae_ratio_to_test=ratio)
+    return pd.concat([test, generalisation], ignore_index=True)[[*COLUMNS, *SPLIT_COLUMNS]]
+
+
+def headline_ratios(table: pd.DataFrame) -> dict[str, float]:
+    """``{model: generalisation / test force MAE}`` on the near-equilibrium frames, region ``all`` (empty
+    without a generalisation split)."""
+    if "split" not in table:
+        return {}
+    rows = table[(table["split"] == GENERALISATION_SPLIT) & (table["region"] == "all")
+                 & (table["family"] == "near_equilibrium")]
+    return {str(r.model): float(r.force_mae_ratio_to_test) for r in rows.itertuples()}
+
+
 def accuracy_table(
     cfg: Config,
     *,
     dataset: str | Path,
     pairs: Mapping[str, Mapping[str, str | Path]],
     reference_pair: str,
+    generalisation: str | Path | None = None,
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, list[np.ndarray]]], list[Atoms]]:
-    """The accuracy table on split ``analysis.accuracy.split`` of ``dataset``.
+    """The accuracy table on split ``analysis.accuracy.split`` of ``dataset`` (and on the generalisation set).
 
     Parameters
     ----------
@@ -148,28 +183,41 @@ def accuracy_table(
         ``{pair: {"hf": path, "lf": path}}``.
     reference_pair : str
         Pair whose HF expert is the model ``hf``.
+    generalisation : path, optional
+        The shipped generalisation set (extxyz): every model is evaluated on it too
+        (:func:`pipeline.data.generalisation_set.read_generalisation`; ``ingest`` and ``regions`` apply).
 
     Returns
     -------
-    table : pandas.DataFrame (:data:`COLUMNS`)
-    predictions : dict ``{model: (energies (n_frames,) eV, forces list of (n_k, 3) eV/A)}``
-    frames : the evaluated frames
+    table : pandas.DataFrame (:data:`COLUMNS`; + :data:`SPLIT_COLUMNS` with ``generalisation``)
+    predictions : dict ``{model: (energies (n_frames,) eV, forces list of (n_k, 3) eV/A)}`` on the test frames
+    frames : the evaluated test frames
     """
     torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
     split = cfg.analysis.accuracy.split
     frames = read_splits(str(dataset), splits=(split,))[split]
     experts = load_pairs(pairs, species=cfg.species, dtype=DTYPES[cfg.analysis.dtype], device=device)
-    partitions = frame_partitions(frames, cfg)
+    sets = {split: frames}
+    if generalisation is not None:
+        sets[GENERALISATION_SPLIT] = read_generalisation(cfg, generalisation)
     bs = cfg.analysis.accuracy.batch_size
-    rows, predictions = [], {}
-    for name, (potential, is_mixture) in model_potentials(experts, reference_pair).items():
-        energies, forces = predict(potential, frames, partitions if is_mixture else None, batch_size=bs)
-        predictions[name] = (energies, forces)
-        lf_bulk_only = name.startswith("lf_") and cfg.train.lf_data == "bulk_atoms"
-        rows += accuracy_rows(name, frames, energies, forces, lf_bulk_only=lf_bulk_only)
-        log.info("accuracy: %s evaluated on %d %s frames", name, len(frames), split)
-    return pd.DataFrame(rows, columns=list(COLUMNS)), predictions, frames
+    rows: dict[str, list[dict]] = {name: [] for name in sets}
+    predictions = {}
+    for name_set, members in sets.items():
+        partitions = frame_partitions(members, cfg)
+        for name, (potential, is_mixture) in model_potentials(experts, reference_pair).items():
+            energies, forces = predict(potential, members, partitions if is_mixture else None, batch_size=bs)
+            if name_set == split:
+                predictions[name] = (energies, forces)
+            lf_bulk_only = name.startswith("lf_") and cfg.train.lf_data == "bulk_atoms"
+            rows[name_set] += accuracy_rows(name, members, energies, forces, lf_bulk_only=lf_bulk_only)
+            log.info("accuracy: %s evaluated on %d %s frames", name, len(members), name_set)
+    table = pd.DataFrame(rows[split], columns=list(COLUMNS))
+    if generalisation is not None:
+        table = with_generalisation(table, pd.DataFrame(rows[GENERALISATION_SPLIT], columns=list(COLUMNS)),
+                                    split=split)
+    return table, predictions, frames
 
 
 def plot_parity(frames: Sequence[Atoms], predictions: Mapping[str, tuple[np.ndarray, list[np.ndarray]]],
@@ -212,13 +260,29 @@ def plot_parity(frames: Sequence[Atoms], predictions: Mapping[str, tuple[np.ndar
 def write_accuracy(table: pd.DataFrame, frames: Sequence[Atoms],
                    predictions: Mapping[str, tuple[np.ndarray, list[np.ndarray]]], *, csv: str | Path,
                    md: str | Path, png: str | Path, precision: str, split: str, lf_data: str,
-                   partition_rule: str) -> None:
-    """Write the accuracy table (CSV + Markdown) and the parity plots."""
+                   partition_rule: str, generalisation_path: str | None = None) -> None:
+    """Write the accuracy table (CSV + Markdown) and the parity plots (``split`` frames).
+
+    ``generalisation_path`` names the shipped generalisation set in the notes: evaluated when the table has
+    the ``split`` column, absent otherwise.
+    """
     notes = [
         (f"Errors on the {split} split ({len(frames)} frames), models evaluated in {precision}: energies per atom in "
         "meV/atom (region 'all' only), forces per Cartesian component in meV/A. moe_*: mixture with the "
         f"md.partition rule '{partition_rule}' applied to each frame."),
     ]
+    if "split" in table:
+        gen = table[(table["split"] == GENERALISATION_SPLIT) & (table["region"] == "all") & (table["family"] == "all")]
+        ratios = ", ".join(f"{m} {r:.2f}" for m, r in headline_ratios(table).items())
+        notes.append(f"Column split: the rows of split '{GENERALISATION_SPLIT}' (after the {split} rows) evaluate the "
+                     f"same models on the shipped generalisation set {generalisation_path or ''} "
+                     f"({int(gen['n_frames'].max()) if len(gen) else 0} frames of structures outside every training "
+                     "family, never used for training or selection). force_mae_ratio_to_test = generalisation / "
+                     f"{split} force MAE of the same model, region and family; near-equilibrium frames, all atoms: "
+                     f"{ratios}.")
+    elif generalisation_path is not None:
+        notes.append(f"Generalisation split: absent (no shipped generalisation set at {generalisation_path}; "
+                     "build it with `snakemake --cores 1 generalisation`): test split only.")
     if lf_data == "bulk_atoms":
         notes.append("The LF experts were trained on bulk Pt atoms only (train.lf_data: bulk_atoms): they have "
                      "never seen C or O, surface atoms, or the energy of a non-bulk frame. Their rows with "

@@ -17,6 +17,9 @@ Two refinements make the held-out splits test something:
   (``ingest.hold_out_eos``), which no training or model selection reads: the EOS analysis judges
   the models on volumes they never saw.
 
+:func:`training_subset` cuts nested, group-complete subsets of the training frames for a data learning curve
+(``python -m pipeline train --train-fraction``); the validation and test splits stay as they are.
+
 >>> split_counts(10, 0.1, 0.15), split_counts(3, 0.1, 0.15), split_counts(2, 0.1, 0.15)
 ((1, 2), (1, 1), (0, 0))
 """
@@ -34,6 +37,7 @@ from pipeline.data.regions import FAMILIES
 
 SPLITS = ("train", "validation", "test", "eos")
 MIN_GROUPS_STRATIFIED = 3
+_SUBSET_STREAM = 0x5B5E7  # generator stream of training_subset (not the split's)
 
 
 def is_eos_frame(atoms: Atoms) -> bool:
@@ -148,3 +152,52 @@ def assign_splits(
         atoms.info["group"] = group
         atoms.info["split"] = assignment[group]
     return assignment
+
+
+def training_subset(frames: Sequence[Atoms], fraction: float, *, seed: int) -> list[Atoms]:
+    """Whole groups of ``frames`` holding about ``fraction`` of each family's frames (a data learning curve).
+
+    Within each family (:func:`group_families`) the sorted group names are shuffled by a generator seeded
+    with ``(seed, family)`` (its own stream, independent of the split's), and the first groups in that order are
+    taken whose frame count is closest to ``fraction`` of the family's frames (at least one group per family).
+    The order does not depend on ``fraction`` and the count closest to a larger target is never smaller, so the
+    subsets are nested: a smaller fraction's subset is contained in a larger one's. ``fraction == 1`` returns
+    every frame.
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        The training frames (``info['family']``, ``info['group']``); validation and test frames must not be
+        passed: the subset is cut from what is given.
+    fraction : float
+        In (0, 1].
+    seed : int
+        Seed of the group order.
+
+    Returns
+    -------
+    list of ase.Atoms
+        The chosen frames, in input order.
+
+    >>> from ase import Atoms
+    >>> frames = [Atoms("Pt", info={"family": "bulk", "group": f"g{i // 2}"}) for i in range(8)]
+    >>> [len(training_subset(frames, f, seed=0)) for f in (0.25, 0.5, 1.0)]
+    [2, 4, 8]
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"training fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return list(frames)
+    sizes = Counter(group_of(a) for a in frames)
+    by_family: dict[str, list[str]] = defaultdict(list)
+    for group, family in group_families(frames).items():
+        by_family[family].append(group)
+    keep: set[str] = set()
+    for family, groups in sorted(by_family.items()):
+        groups = sorted(groups)
+        family_seed = _family_seed(seed, family) + [_SUBSET_STREAM]
+        ordered = [groups[k] for k in np.random.default_rng(family_seed).permutation(len(groups))]
+        cumulative = np.cumsum([sizes[g] for g in ordered])  # frames in the first 1, 2, ... groups
+        n_groups = int(np.argmin(np.abs(cumulative - fraction * cumulative[-1]))) + 1
+        keep.update(ordered[:n_groups])
+    return [a for a in frames if group_of(a) in keep]

@@ -35,6 +35,7 @@ import torch
 
 from pipeline.config import Config, TrainConfig
 from pipeline.data.ingest import sha256_file
+from pipeline.data.splits import training_subset
 from pipeline.devices import DTYPES
 from pipeline.models import (
     AllegroModel,
@@ -123,19 +124,24 @@ def with_anchor(data: TrainData, anchor: AllegroModel) -> TrainData:
                        (data.train, data.validation, data.cells, data.validation_cells)))
 
 
-def fingerprint(cfg: Config, stage: str, pair: str | None, dataset_sha256: str, anchor_sha256: str | None) -> dict:
-    """What a saved training state must match to be resumed (dense experts leave out their ``moe``)."""
+def fingerprint(cfg: Config, stage: str, pair: str | None, dataset_sha256: str, anchor_sha256: str | None,
+                subset: tuple[float, int] | None = None) -> dict:
+    """What a saved training state must match to be resumed (dense experts leave out their ``moe``; a
+    ``subset`` = (training fraction < 1, subset seed) is added when given)."""
     models = dataclasses.asdict(cfg.models)
     train = dataclasses.asdict(stage_train_config(cfg.train, pair, stage))
     for expert in models.values():
         if not expert["moe"]["enabled"]:
             del expert["moe"]
-    return {
+    out = {
         "stage": stage, "pair": pair, "seed": cfg.seed, "species": list(cfg.species), "models": models,
         "train": train, "regions": dataclasses.asdict(cfg.regions),
         "partition": dataclasses.asdict(cfg.md.partition), "dataset_sha256": dataset_sha256,
         "anchor_sha256": anchor_sha256,
     }
+    if subset is not None:
+        out["train_subset"] = {"fraction": float(subset[0]), "seed": int(subset[1])}
+    return out
 
 
 def run_training(
@@ -151,6 +157,8 @@ def run_training(
     anchor_path: str | Path | None = None,
     progress: bool = True,
     keep_state: bool = False,
+    train_fraction: float = 1.0,
+    subset_seed: int = 0,
 ) -> TrainResult:
     """Run one training stage on ``dataset``; write its checkpoints and metrics; resume from ``state_dir``.
 
@@ -171,6 +179,12 @@ def run_training(
         after the checkpoints are written unless ``keep_state``.
     pair : {"cotrained", "independent"}
         The pair an ``lf`` or ``pair`` stage trains for (the independent pair's lambdas are 0).
+    train_fraction : float
+        Train on whole groups holding this fraction of each family's training frames
+        (:func:`pipeline.data.splits.training_subset`, nested for one ``subset_seed``); the validation split is
+        unchanged. 1 (default): every training frame.
+    subset_seed : int
+        Seed of the group order of the subset.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this runs data-parallel (:mod:`pipeline.train.ddp`).
     """
@@ -189,15 +203,21 @@ def run_training(
     try:
         return _run(cfg, info, stage=stage, pair=pair, dataset=Path(dataset), hf_path=hf_path, lf_path=lf_path,
                     anchor_path=anchor_path, metrics_path=Path(metrics_path), state_dir=Path(state_dir),
-                    progress=progress, keep_state=keep_state)
+                    progress=progress, keep_state=keep_state, subset=(train_fraction, subset_seed))
     finally:
         shutdown(info)
 
 
 def _run(cfg: Config, info: DistInfo, *, stage: str, pair: str | None, dataset: Path, hf_path, lf_path, anchor_path,
-         metrics_path: Path, state_dir: Path, progress: bool, keep_state: bool) -> TrainResult:
+         metrics_path: Path, state_dir: Path, progress: bool, keep_state: bool,
+         subset: tuple[float, int] = (1.0, 0)) -> TrainResult:
     train_cfg = stage_train_config(cfg.train, pair, stage)
     splits = read_splits(str(dataset))
+    n_all = len(splits["train"])
+    splits["train"] = training_subset(splits["train"], subset[0], seed=subset[1])
+    if subset[0] < 1.0 and info.is_main:
+        log.info("training fraction %g (subset seed %d): %d of %d training frames", subset[0], subset[1],
+                 len(splits["train"]), n_all)
     check_species(splits["train"] + splits["validation"], cfg.species, what="the training and validation frames")
     anchor = None
     if stage == "lf":
@@ -220,7 +240,8 @@ def _run(cfg: Config, info: DistInfo, *, stage: str, pair: str | None, dataset: 
                  len(data.validation_cells), info.device, info.world_size)
     state_file = state_path(state_dir)
     result = train_experts(models, data, train_cfg, seed=cfg.seed, anchor="hf" if anchor is not None else None,
-                           fingerprint=fingerprint(cfg, stage, pair, digest, anchor_digest), state_file=state_file,
+                           fingerprint=fingerprint(cfg, stage, pair, digest, anchor_digest,
+                                                   subset if subset[0] < 1.0 else None), state_file=state_file,
                            metrics_csv=metrics_path, info=info, progress=progress)
     if info.is_main:
         paths = {"hf": hf_path, "lf": lf_path}
@@ -234,6 +255,8 @@ def _run(cfg: Config, info: DistInfo, *, stage: str, pair: str | None, dataset: 
                 "seed": cfg.seed, "train": dataclasses.asdict(train_cfg), "dataset_sha256": digest,
                 "anchor_sha256": anchor_digest,
                 "weights": "exponential moving average" if train_cfg.ema_decay > 0 else "final",
+                "train_fraction": float(subset[0]), "subset_seed": int(subset[1]),
+                "n_train_frames": len(splits["train"]),
             })
         log.info("stage %s: selected epoch %d of %d (smoothed validation loss %.5g); wrote %s", stage,
                  result.best_epoch, result.epochs, result.best_val_loss,

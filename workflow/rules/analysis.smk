@@ -18,6 +18,7 @@ ANALYSIS_CHECKPOINTS = {
 
 rule accuracy:
     input:
+        unpack(generalisation_input),  # the shipped generalisation set when it exists (generalisation.smk)
         dataset=rules.ingest.output.dataset,
         **ANALYSIS_CHECKPOINTS,
     output:
@@ -29,8 +30,11 @@ rule accuracy:
             category="1. Accuracy",
         ),
     params:
-        config=stage_config("analysis", "md", "regions", "train"),
+        config=stage_config("analysis", "md", "regions", "train", "ingest", "generalisation"),
         pairs=TRAIN_PAIRS,
+        generalisation_arg=lambda wildcards, input: (
+            f"--generalisation {input.generalisation}" if "generalisation" in input.keys() else ""
+        ),
     log:
         "results/logs/analysis/accuracy.log",
     benchmark:
@@ -40,8 +44,8 @@ rule accuracy:
         "../../envs/pipeline.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline accuracy --config-json {params.config:q} "
-        "--dataset {input.dataset} --pairs {params.pairs} --hf {input.hf} --lf {input.lf} "
-        "--csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
+        "--dataset {input.dataset} {params.generalisation_arg} --pairs {params.pairs} --hf {input.hf} "
+        "--lf {input.lf} --csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
 
 
 rule conservation:

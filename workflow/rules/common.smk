@@ -1,6 +1,7 @@
 # Configuration loading and validation, and helpers shared by the rules.
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -133,3 +134,108 @@ def moe_study_dataset(wildcards):
 def moe_study_outputs():
     """The study's table and figures (the moe_study target; added to rule all when moe_study.enabled)."""
     return list(rules.moe_study_report.output)
+
+
+# --- active learning (workflow/rules/active.smk) ---
+
+AL = CFG.active
+AL_ITERATIONS = list(range(AL.iterations))
+AL_SEED0 = AL.committee_seeds[0]
+AL_CONFIG = stage_config("active", "sample", "regions", "md.partition", "md.neighbor_skin_a")
+AL_REPORT_CONFIG = stage_config("active", "label")
+
+
+def al_checkpoint(expert, it, seed=AL_SEED0, pair=AL.pair):
+    """Path of an expert of iteration ``it`` (mirrors expert_checkpoint of common.smk)."""
+    root = f"results/active/iter{it}/models/seed{seed}"
+    if expert == "hf" and not (SYMMETRIC and pair == "cotrained"):
+        return f"{root}/hf.pt"
+    return f"{root}/{pair}/{expert}.pt"
+
+
+def al_committee(wildcards):
+    """The HF committee of an iteration: the HF expert trained alone for every committee seed."""
+    return [f"results/active/iter{wildcards.iter}/models/seed{s}/hf.pt" for s in AL.committee_seeds]
+
+
+def al_explore_models(wildcards):
+    """{"hf": ..., "lf": ...} of the exploration (lf only when the mixture is explored)."""
+    models = {"hf": al_checkpoint("hf", wildcards.iter)}
+    if "mixture" in AL.explore.runs:
+        models["lf"] = al_checkpoint("lf", wildcards.iter)
+    return models
+
+
+def al_labelled(it):
+    """The merged labelled frames of iteration ``it`` when there are any (its merge is a checkpoint)."""
+    path = checkpoints.al_label_merge.get(iter=it).output.labelled
+    return [path] if Path(path).stat().st_size > 0 else []
+
+
+def al_ingest_inputs(wildcards):
+    """Base DFT files + the labelled frames of every earlier iteration."""
+    added = [p for j in range(int(wildcards.iter)) for p in al_labelled(j)]
+    return [*ingest_inputs(wildcards), *added]
+
+
+def al_ingest_input_args(wildcards):
+    """The --inputs of an iteration's ingest call (base + earlier labelled frames), shell-quoted."""
+    added = [p for j in range(int(wildcards.iter)) for p in al_labelled(j)]
+    return " ".join([ingest_input_args(wildcards), *(shlex.quote(p) for p in added)])
+
+
+def al_label_chunks(kind):
+    """Input function: the labelled chunk files (kind labelled) or failures (kind failures) of an iteration."""
+
+    def inputs(wildcards):
+        directory = checkpoints.al_select.get(iter=wildcards.iter).output.directory
+        chunks = sorted(glob_wildcards(f"{directory}/chunk_{{chunk}}.extxyz").chunk)
+        return expand(getattr(rules.al_label.output, kind), iter=wildcards.iter, chunk=chunks)
+
+    return inputs
+
+
+# --- generalisation set (workflow/rules/generalisation.smk) ---
+
+
+def _shipped_file(path):
+    """``path`` when it exists (relative: the working directory, then beside the Snakefile), else None."""
+    if not path:
+        return None
+    for candidate in (Path(path), Path(workflow.basedir) / path):
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def generalisation_input(wildcards):
+    """{"generalisation": generalisation.path} when the shipped set exists, else {} (the accuracy table then
+    says that it is absent). A source file, never the output of a job, so that the default run labels nothing."""
+    path = _shipped_file(CFG.generalisation.path)
+    return {"generalisation": path} if path else {}
+
+
+def fraction_label(fraction):
+    """Wildcard text of a training fraction: 0.25 -> "0.25", 1.0 -> "1"."""
+    return f"{float(fraction):g}"
+
+
+LEARNING_CURVE_FRACTIONS = [fraction_label(f) for f in CFG.generalisation.learning_curve.fractions]
+
+
+def learning_curve_checkpoints(seed=CFG.seed):
+    """HF checkpoint of every learning-curve fraction, in the order of LEARNING_CURVE_FRACTIONS (fraction 1:
+    train_hf's own checkpoint, see expert_checkpoint; the others: train_hf_fraction's)."""
+    return [
+        expert_checkpoint("hf", "independent", seed)
+        if fraction == "1"
+        else f"results/learning_curve/seed{seed}/frac{fraction}/hf.pt"
+        for fraction in LEARNING_CURVE_FRACTIONS
+    ]
+
+
+def generalisation_reference_input():
+    """{"reference": the shipped training set} (first of data.paths) when it exists: the ship step compares
+    the generalisation set's DFT settings with it."""
+    path = _shipped_file(CFG.data.paths[0]) if CFG.data.source == "files" and CFG.data.paths else None
+    return {"reference": path} if path else {}
