@@ -2,24 +2,15 @@
 training rules never take it as input."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from ase.build import bulk
-from ase.calculators.emt import EMT
 from ase.io import write
-
-REPO = Path(__file__).resolve().parents[1]
+from workflow_support import emt_workdir, run_snakemake
 
 
 def _dry_run(*targets, cwd):
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "2", *targets],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
-    )
+    result = run_snakemake("-n", "--cores", "2", *targets, cwd=cwd)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -38,22 +29,7 @@ def _jobs(stdout):
 @pytest.fixture
 def workdir(tmp_path):
     """A working directory with a small EMT-labelled dataset and a config pointing at it."""
-    frames = []
-    for i, a in enumerate((3.90, 3.92, 3.94, 3.96)):
-        atoms = bulk("Pt", "fcc", a=a, cubic=True)
-        atoms.rattle(0.02, seed=i)
-        atoms.calc = EMT()
-        atoms.get_forces()
-        atoms.info.update(family="bulk", group=f"eos{i}", is_dft=False, label_calculator="emt")
-        frames.append(atoms)
-    (tmp_path / "data").mkdir()
-    write(tmp_path / "data" / "emt.extxyz", frames)
-    (tmp_path / "config").mkdir()
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["data"]["paths"] = ["data/emt.extxyz"]
-    config["generalisation"]["path"] = "data/generalisation.extxyz"
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path
+    return emt_workdir(tmp_path, lambda config: config["generalisation"].update(path="data/generalisation.extxyz"))
 
 
 def test_generalisation_and_learning_curve_targets_dry_run(workdir):
