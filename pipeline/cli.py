@@ -279,6 +279,9 @@ def _add_label_convergence(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cached-only", action="store_true",
                    help="compute nothing: write the tables from what the cache holds (units not computed are "
                         "listed as pending; rerun without this flag to resume)")
+    p.add_argument("--resume-from", default=None, metavar="DIR",
+                   help="a shipped study folder (e.g. resources/dft/convergence): its units seed --cache-dir "
+                        "first when their geometry and recorded settings match, so only missing units are computed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_label_convergence)
 
@@ -293,7 +296,8 @@ def _run_label_convergence(args: argparse.Namespace) -> None:
         print(conv.plan(args.labelled, cfg.label, cfg.label_convergence, cache_dir=args.cache_dir).to_string(index=False))
         return
     result = conv.run_study(args.labelled, cfg.label, cfg.label_convergence, cache_dir=args.cache_dir,
-                            log_dir=args.log_dir, progress=not args.no_progress, cached_only=args.cached_only)
+                            log_dir=args.log_dir, progress=not args.no_progress, cached_only=args.cached_only,
+                            resume_from=args.resume_from)
     conv.ship_study(result, cfg.label_convergence, cfg.label, dest=args.dest, labelled=args.labelled,
                     command="python -m pipeline " + shlex.join(a for a in sys.argv[1:] if a != "--cached-only"))
     print(result.table.to_string(index=False))

@@ -281,3 +281,47 @@ def test_schema_rejects_a_bad_basis_name():
     with pytest.raises(ConfigError, match="label_convergence.base.basis"):
         config_from_dict({"label_convergence": {"base": {"basis": "big"}}})
     assert dataclasses.asdict(config_from_dict({}).label_convergence)["base"]["basis"] == "dzp"
+
+
+def test_plane_wave_cutoffs_are_basis_axis_values_tighter_than_any_lcao_basis(conv_cfg):
+    assert conv.pw_cutoff("pw600") == 600.0 and conv.pw_cutoff("dzp") is None
+    assert conv.basis_rank("tzdp") < conv.basis_rank("pw400") < conv.basis_rank("pw600")
+    cfg = config_from_dict({"label_convergence": {**CONV, "axes": {**CONV["axes"], "basis": ["tzdp", "pw500"]}}})
+    s = next(s for s in conv.ladder(cfg.label_convergence) if s.name == "basis=pw500")
+    pw = conv.label_config_for(LabelConfig(), s)
+    assert pw.mode == "pw" and pw.ecut_ev == 500.0 and pw.kpts is None and pw.kpt_density == 6.0
+    lcao = conv.label_config_for(LabelConfig(mode="pw", ecut_ev=500.0), conv.ladder(cfg.label_convergence)[0])
+    assert lcao.mode == "lcao" and lcao.basis == "dzp"
+    assert conv.current_setting(LabelConfig(mode="pw", ecut_ev=450.0)).basis == "pw450"
+    assert conv.axis_values(cfg.label_convergence, "basis") == ["dzp", "tzdp", "pw500"]
+
+
+def test_resume_from_a_shipped_study_computes_only_the_missing_units(structures_file, conv_cfg, fake, tmp_path,
+                                                                     monkeypatch):
+    first = _run(structures_file, conv_cfg, tmp_path / "first")
+    dest = tmp_path / "shipped"
+    conv.ship_study(first, conv_cfg, LabelConfig(), dest=dest, command="test", labelled=structures_file)
+    wider = config_from_dict({"label_convergence": {**CONV, "axes": {**CONV["axes"], "h_a": [0.25, 0.16, 0.3]}}})
+    again = FakeGPAW()
+    monkeypatch.setattr(labelling, "_compute_gpaw", again)
+    second = _run(structures_file, wider.label_convergence, tmp_path / "second", resume_from=dest)
+    # only the new rung is computed; every shipped unit is reused with its energy and CPU time
+    assert again.calls and {c[2] for c in again.calls} == {0.3}
+    old = {(u.structure_id, u.setting): u for u in first.units if u.status == "ok"}
+    for u in second.units:
+        if (u.structure_id, u.setting) in old:
+            assert u.energy_ev == pytest.approx(old[u.structure_id, u.setting].energy_ev, rel=1e-12)
+            assert u.cpu_s == pytest.approx(old[u.structure_id, u.setting].cpu_s, rel=1e-9)
+            np.testing.assert_allclose(u.forces, old[u.structure_id, u.setting].forces, atol=1e-8)
+
+
+def test_resume_from_refuses_units_labelled_with_other_settings(structures_file, conv_cfg, fake, tmp_path,
+                                                                monkeypatch):
+    first = _run(structures_file, conv_cfg, tmp_path / "first")
+    dest = tmp_path / "shipped"
+    conv.ship_study(first, conv_cfg, LabelConfig(), dest=dest, command="test", labelled=structures_file)
+    monkeypatch.setattr(labelling, "_gpaw_version", lambda: "another")  # e.g. a newer GPAW
+    frames = conv.select_frames(__import__("ase.io").io.read(structures_file, ":"), FRAMES)
+    assert conv.seed_cache(frames, dest, LabelConfig(), tmp_path / "cache") == 0
+    with pytest.raises(conv.PipelineInputError, match="frames.extxyz"):
+        conv.seed_cache(frames, tmp_path / "nowhere", LabelConfig(), tmp_path / "cache")

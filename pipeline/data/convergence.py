@@ -61,12 +61,13 @@ from tqdm import tqdm
 from pipeline.atomic import write_atomic
 from pipeline.config import LabelConfig, LabelConvergenceConfig
 from pipeline.data.labelling import cache_paths, kpoints_for, label_one
+from pipeline.data.labelling import label_metadata as _label_metadata
 from pipeline.errors import PipelineInputError
 
 log = logging.getLogger(__name__)
 
 AXES = ("kpt_density", "h_a", "smearing_ev", "basis")
-AXIS_UNITS = {"kpt_density": "points per A^-1", "h_a": "A", "smearing_ev": "eV", "basis": "LCAO basis"}
+AXIS_UNITS = {"kpt_density": "points per A^-1", "h_a": "A", "smearing_ev": "eV", "basis": "LCAO basis or pwECUT (plane waves, cutoff in eV)"}
 FAMILY_ORDER = ("bulk", "clean_slab", "slab_co", "gas")
 REFERENCE, CURRENT, PROPOSED = "reference", "current", "proposed"
 UNIT_COLUMNS = ("structure_id", "family", "n_atoms", "setting", "kpts", "status", "energy_ev", "energy_per_atom_ev",
@@ -114,11 +115,21 @@ def format_value(axis: str, value: Any) -> str:
     return str(value) if axis == "basis" else f"{float(value):g}"
 
 
-def basis_rank(name: str) -> int:
-    """Size order of an LCAO basis name (``sz`` < ``szp`` < ``dzp`` < ``tzp`` < ``tzdp`` ...): 10 x zeta + polarisation."""
+def pw_cutoff(name: str) -> float | None:
+    """The plane-wave cutoff (eV) of a basis-axis value ``pwECUT`` (``pw600`` -> 600.0); None for an LCAO basis."""
+    m = re.fullmatch(r"pw(\d+(?:\.\d+)?)", str(name))
+    return float(m.group(1)) if m else None
+
+
+def basis_rank(name: str) -> float:
+    """Size order of a basis-axis value: an LCAO basis name (``sz`` < ``szp`` < ``dzp`` < ``tzp`` < ``tzdp``
+    ...: 10 x zeta + polarisation) or a plane-wave cutoff ``pwECUT`` (above every LCAO basis, by cutoff)."""
+    ecut = pw_cutoff(name)
+    if ecut is not None:
+        return 1000.0 + ecut
     m = re.fullmatch(r"([sdtq])z(?:([sdtq]?)p)?", name)
     if m is None:
-        raise ValueError(f"not an LCAO basis name of the form [s|d|t|q]z[[s|d|t|q]p]: {name!r}")
+        raise ValueError(f"not an LCAO basis name of the form [s|d|t|q]z[[s|d|t|q]p] nor pwECUT: {name!r}")
     pol = 0 if name.endswith("z") else _ZETA.get(m.group(2), 1) if m.group(2) else 1
     return 10 * _ZETA[m.group(1)] + pol
 
@@ -156,7 +167,8 @@ def ladder(cfg: LabelConvergenceConfig) -> list[Setting]:
 def current_setting(label_cfg: LabelConfig) -> Setting:
     """The project's ``label:`` settings as a combined setting (what the shipped set was labelled with)."""
     return Setting(CURRENT, kpt_density=float(label_cfg.kpt_density), h_a=float(label_cfg.h_a),
-                   smearing_ev=float(label_cfg.smearing_ev), basis=str(label_cfg.basis), kind=CURRENT)
+                   smearing_ev=float(label_cfg.smearing_ev), kind=CURRENT,
+                   basis=str(label_cfg.basis) if label_cfg.mode == "lcao" else f"pw{float(label_cfg.ecut_ev):g}")
 
 
 def setting_for(cfg: LabelConvergenceConfig, axis: str, value: Any) -> str:
@@ -167,10 +179,17 @@ def setting_for(cfg: LabelConvergenceConfig, axis: str, value: Any) -> str:
 
 
 def label_config_for(label_cfg: LabelConfig, setting: Setting) -> LabelConfig:
-    """``label_cfg`` with the setting's values, LCAO mode, k mesh from the density (no fixed mesh)."""
-    return dataclasses.replace(label_cfg, mode="lcao", kpts=None, kpt_density=float(setting.kpt_density),
-                               h_a=float(setting.h_a), smearing_ev=float(setting.smearing_ev),
-                               basis=str(setting.basis))
+    """``label_cfg`` with the setting's values and k mesh from the density (no fixed mesh).
+
+    LCAO mode with the setting's basis and grid spacing, or, for a basis value ``pwECUT``, plane-wave mode
+    with that cutoff (eV); GPAW then sets the grid from the cutoff and ``h_a`` plays no part.
+    """
+    ecut = pw_cutoff(setting.basis)
+    common = dict(kpts=None, kpt_density=float(setting.kpt_density), h_a=float(setting.h_a),
+                  smearing_ev=float(setting.smearing_ev))
+    if ecut is not None:
+        return dataclasses.replace(label_cfg, mode="pw", ecut_ev=ecut, **common)
+    return dataclasses.replace(label_cfg, mode="lcao", basis=str(setting.basis), **common)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,7 +353,7 @@ def run_unit(atoms: Atoms, setting: Setting, label_cfg: LabelConfig, *, cache_di
     sid, family = str(atoms.info["structure_id"]), str(atoms.info.get("family", ""))
     result = UnitResult(sid, family, len(atoms), setting.name, _kpts_text(atoms, cfg), "failed")
     try:
-        if cfg.calculator == "gpaw":
+        if cfg.calculator == "gpaw" and cfg.mode == "lcao":
             ensure_basis(cfg.basis, atoms.get_chemical_symbols(), cfg.pt_setup, basis_dir, xc=cfg.xc)
         done, failed = cache_paths(atoms, cfg, cache_dir)
         cpu_file = done.with_name(done.name[: -len(".extxyz")] + ".cpu.json")
@@ -386,7 +405,7 @@ def run_units(frames: Sequence[Atoms], settings: Sequence[Setting], label_cfg: L
             continue
         if cached_only:
             cfg = label_config_for(label_cfg, setting)
-            if cfg.calculator == "gpaw" and (cache_dir / "basis").is_dir():
+            if cfg.calculator == "gpaw" and cfg.mode == "lcao" and (cache_dir / "basis").is_dir():
                 ensure_basis(cfg.basis, atoms.get_chemical_symbols(), cfg.pt_setup, cache_dir / "basis", xc=cfg.xc)
             if not any(p.exists() for p in cache_paths(atoms, cfg, cache_dir)):
                 out.append(UnitResult(sid, str(atoms.info.get("family", "")), len(atoms), setting.name,
@@ -490,7 +509,8 @@ def axis_reference(cfg: LabelConvergenceConfig, axis: str, ids: Sequence[str], u
 def convergence_table(frames: Sequence[Atoms], units: Sequence[UnitResult], cfg: LabelConvergenceConfig,
                       ) -> pd.DataFrame:
     """One row per family and axis value (errors against the axis reference), then the combined settings
-    ``current`` and ``proposed`` (when computed) against the base; columns :data:`TABLE_COLUMNS`."""
+    ``current`` and ``proposed`` (when computed) against the base, and ``current`` against ``proposed``
+    (the error of labels made with the project's settings); columns :data:`TABLE_COLUMNS`."""
     by = _by_setting(units)
     rows = []
     for family, ids in _families(frames).items():
@@ -519,6 +539,9 @@ def convergence_table(frames: Sequence[Atoms], units: Sequence[UnitResult], cfg:
             if combined in by:
                 rows.append(_row(family, "combined", combined, combined, REFERENCE, ids, by, cfg,
                                  "several values differ from the base"))
+        if CURRENT in by and PROPOSED in by:
+            rows.append(_row(family, "combined", CURRENT, CURRENT, PROPOSED, ids, by, cfg,
+                             "the shipped labels' error against the proposed setting"))
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 
@@ -629,17 +652,100 @@ class StudyResult:
     adsorption: pd.DataFrame
 
 
+def _recorded_label_config(frame: Atoms, label_cfg: LabelConfig) -> LabelConfig | None:
+    """The labelling settings recorded in a labelled frame's ``dft_*`` info, as a LabelConfig with a
+    fixed k mesh (the cache key depends on the mesh, not on the density that chose it); None if the
+    frame does not record a GPAW LCAO or PW label."""
+    info = frame.info
+    smear = re.fullmatch(r"fermi-dirac ([0-9.eE+-]+) eV", str(info.get("dft_smearing", "")))
+    mode = info.get("dft_mode")
+    if info.get("dft_code") != "gpaw" or smear is None or mode not in ("lcao", "pw") or "dft_kpts" not in info:
+        return None
+    kpts = tuple(int(k) for k in str(info["dft_kpts"]).split("x"))
+    common = dict(kpts=kpts, smearing_ev=float(smear.group(1)), xc=str(info.get("dft_xc", label_cfg.xc)))
+    if mode == "lcao":
+        return dataclasses.replace(label_cfg, mode="lcao", basis=str(info["dft_basis"]), h_a=float(info["dft_h_a"]),
+                                   **common)
+    return dataclasses.replace(label_cfg, mode="pw", ecut_ev=float(info["dft_ecut_ev"]), **common)
+
+
+def seed_cache(frames: Sequence[Atoms], shipped: str | Path, label_cfg: LabelConfig, cache_dir: str | Path) -> int:
+    """Fill the unit cache from a shipped study (``frames.extxyz`` and ``units.csv`` of a ``--dest`` folder),
+    so that a study resumed in a fresh checkout computes only the units the shipped one lacks.
+
+    A shipped unit is taken only when its geometry equals the study frame with its structure id (to
+    1e-6 A) and every label setting it records (``dft_*`` info, GPAW version included) equals what this
+    installation would record for it; its CPU seconds come from ``units.csv``. Existing cache files are
+    never overwritten. Returns the number of cache files written.
+    """
+    shipped, cache_dir = Path(shipped), Path(cache_dir)
+    path = shipped / "frames.extxyz"
+    if not path.exists():
+        raise PipelineInputError(f"{path}: no shipped convergence units to resume from (expected frames.extxyz)")
+    try:
+        units = read(path, index=":", format="extxyz")
+    except Exception as exc:
+        raise PipelineInputError(f"cannot read shipped convergence units from {path}: {exc}") from exc
+    timing: dict[tuple[str, str], dict] = {}
+    if (shipped / "units.csv").exists():
+        for r in pd.read_csv(shipped / "units.csv").itertuples():
+            if r.status == "ok":
+                timing[(str(r.structure_id), str(r.setting))] = {"cpu_s": float(r.cpu_s), "wall_s": float(r.wall_s)}
+    by_id = {str(f.info["structure_id"]): f for f in frames}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for u in units:
+        sid = str(u.info.get("structure_id"))
+        geom, cfg = by_id.get(sid), _recorded_label_config(u, label_cfg)
+        if geom is None or cfg is None or len(geom) != len(u) or (geom.numbers != u.numbers).any():
+            continue
+        if not (np.allclose(geom.positions, u.positions, atol=1e-6) and np.allclose(geom.cell, u.cell, atol=1e-6)
+                and (geom.pbc == u.pbc).all()):
+            continue
+        recorded = {k: v for k, v in u.info.items() if k.startswith("dft_") and k != "dft_energy_zero_width_ev"}
+        expected = {k: v for k, v in _label_metadata(geom, cfg).items() if k.startswith("dft_")}
+        if any(recorded.get(k) != v and not _same_number(recorded.get(k), v) for k, v in expected.items()):
+            log.info("shipped unit %s @ %s: recorded settings differ from this installation; not reused",
+                     sid, u.info.get("convergence_setting"))
+            continue
+        done, failed = cache_paths(geom, cfg, cache_dir)
+        if done.exists() or failed.exists():
+            continue
+        frame = geom.copy()
+        frame.info.update({k: v for k, v in u.info.items() if k.startswith(_KEEP_INFO)})
+        frame.calc = u.calc
+        write_atomic(done, lambda tmp, frame=frame: write(tmp, frame, format="extxyz"))
+        t = timing.get((sid, str(u.info.get("convergence_setting"))))
+        if t is not None:
+            cpu_file = done.with_name(done.name[: -len(".extxyz")] + ".cpu.json")
+            write_atomic(cpu_file, lambda p, t=t: p.write_text(json.dumps(t)))
+        written += 1
+    return written
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    except (TypeError, ValueError):
+        return False
+
+
 def run_study(labelled: str | Path, label_cfg: LabelConfig, cfg: LabelConvergenceConfig, *, cache_dir: str | Path,
-              log_dir: str | Path, progress: bool = True, cached_only: bool = False) -> StudyResult:
+              log_dir: str | Path, progress: bool = True, cached_only: bool = False,
+              resume_from: str | Path | None = None) -> StudyResult:
     """Ladder and ``current`` setting on the selected frames, the proposal, then the ``proposed`` setting.
 
     ``cached_only``: compute nothing, report what the cache holds (see :func:`run_units`).
+    ``resume_from``: a shipped study folder whose units seed the cache first (see :func:`seed_cache`).
     """
     try:
         all_frames = read(labelled, index=":", format="extxyz")
     except Exception as exc:
         raise PipelineInputError(f"cannot read labelled frames from {labelled}: {exc}") from exc
     frames = select_frames(all_frames, cfg.frames)
+    if resume_from is not None:
+        n = seed_cache(frames, resume_from, label_cfg, cache_dir)
+        log.info("seeded %d cached units from %s", n, resume_from)
     rungs = ladder(cfg)
     settings = [rungs[0], current_setting(label_cfg), *rungs[1:]]  # the cheap current setting early
     units = run_units(frames, settings, label_cfg, cache_dir=cache_dir, log_dir=log_dir, skip=cfg.skip,
