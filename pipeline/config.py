@@ -1,6 +1,6 @@
 """The pipeline's configuration: one YAML file, validated against one JSON Schema, as typed objects.
 
-The schema (``workflow/schemas/config.schema.yaml``) is the single source of truth for keys, types,
+The schema (``pipeline/config.schema.yaml``, shipped with the package) is the single source of truth for keys, types,
 bounds and defaults. :func:`load_config` reads a YAML file, fills in defaults, validates it and returns
 a :class:`Config`; Snakemake validates the same file with the same schema before any job runs.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import glob
 import json
 import typing
@@ -25,8 +26,10 @@ import jsonschema
 import yaml
 
 from pipeline.errors import PipelineInputError
+from pipeline.resources import resolve
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")  # package data
+# the checkout's configuration of the default run (absent in an installed wheel)
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 
@@ -681,10 +684,14 @@ class Config:
 # ----------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text()
+
+
 def load_schema() -> dict[str, Any]:
-    """The JSON Schema of the configuration, as a dict."""
-    with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+    """The JSON Schema of the configuration, as a (fresh) dict."""
+    return yaml.safe_load(_schema_text())
 
 
 def _validator_filling_defaults(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
@@ -778,12 +785,31 @@ def check_semantics(cfg: Config, *, check_files: bool = True) -> None:
         raise ConfigError(f"config key 'analysis.elastic.strains': needs >= 2 positive and >= 2 negative strains "
                           f"(zero is added), got {list(strains)}")
     if check_files and cfg.data.source == "files":
-        for pattern in cfg.data.paths:
+        for pattern in map(resolve, cfg.data.paths):
             if not glob.glob(pattern, recursive=True) and not Path(pattern).exists():
                 raise ConfigError(
                     f"config key 'data.paths': no file, directory or glob match for {pattern!r} "
                     f"(working directory {Path.cwd()})"
                 )
+
+
+def expert_config(values: dict[str, Any], *, where: str = "expert") -> ExpertConfig:
+    """An :class:`ExpertConfig` from a plain dict, through the schema's expert definition (the one that
+    ``models.hf`` and ``models.lf`` use): missing keys take the schema's defaults (hf's), lists become
+    tuples, and every unknown key or bad value raises :class:`ConfigError` naming ``where.KEY``.
+
+    >>> expert_config({"l_max": 1, "num_layers": 1}).num_scalar_features
+    64
+    """
+    schema = load_schema()
+    validator = _validator_filling_defaults({**schema["$defs"]["expert"], "$defs": schema["$defs"]})
+    instance = json.loads(json.dumps(dict(values)))  # a copy with tuples as lists, as YAML gives them
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [_format_error(e).replace("config key '", f"config key '{where}.", 1).replace(f"'{where}.<top level>'", f"'{where}'")
+                 for e in errors]
+        raise ConfigError(f"invalid {where} configuration:\n  " + "\n  ".join(lines))
+    return _build(ExpertConfig, instance)
 
 
 def config_from_dict(raw: dict[str, Any] | None, *, check_files: bool = False) -> Config:
@@ -794,8 +820,16 @@ def config_from_dict(raw: dict[str, Any] | None, *, check_files: bool = False) -
 
 
 def load_config(path: str | Path | None = None, *, check_files: bool = True) -> Config:
-    """Read, validate and type the YAML configuration at ``path`` (default: config/config.yaml)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    """Read, validate and type the YAML configuration at ``path``; without a path, the schema's defaults.
+
+    The defaults need no file, so ``load_config()`` works wherever the package is installed; the
+    checkout's ``config/config.yaml`` (:data:`DEFAULT_CONFIG_PATH`, the default run of the workflow) holds
+    only what differs from them. Relative paths in the configuration are relative to the working
+    directory; see :mod:`pipeline.resources` for ``resources/...`` outside the checkout.
+    """
+    if path is None:
+        return config_from_dict({}, check_files=check_files)
+    path = Path(path)
     try:
         with open(path) as fh:
             raw = yaml.safe_load(fh)

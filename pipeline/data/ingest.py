@@ -57,6 +57,7 @@ from pipeline.data.validation import (
     check_rejected_fraction,
     validate_frames,
 )
+from pipeline.resources import resolve
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def ingest(cfg: Config, paths: Sequence[str | Path] | None = None, *,
     TooManyRejectedError
         More than ``ingest.max_rejected_fraction`` of the frames (or all of them) was rejected.
     """
-    entries = [str(p) for p in (paths if paths is not None else cfg.data.paths)]
+    entries = [resolve(p) for p in (paths if paths is not None else cfg.data.paths)]
     pairs = find_dft_files(entries, cfg.data.format)
     frames = read_files(pairs, progress=progress)
     accepted, rejected, fit = validate_frames(frames, species=cfg.species, cfg=cfg.ingest,

@@ -25,14 +25,13 @@ beyond ``r_max`` are dropped (they contribute exactly zero), so any graph with a
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from ase.data import atomic_numbers
 
-from pipeline.config import ExpertConfig, MoEConfig, RepulsionConfig
+from pipeline.config import ExpertConfig, expert_config
 from pipeline.data import keys as K
 from pipeline.models.embedding import (
     TensorEmbedding,
@@ -327,30 +326,13 @@ def build_model(
 
 
 def expert_config_from_dict(values: dict) -> ExpertConfig:
-    """:class:`ExpertConfig` from a plain dict (lists become tuples); unknown keys raise.
+    """:class:`ExpertConfig` from a plain dict (a checkpoint's ``config``), through the configuration's own
+    builder (:func:`pipeline.config.expert_config`: the schema's expert definition; unknown keys raise).
 
     A dict without ``moe`` (checkpoints written before MoE layers existed) gets the dense default; one
     without ``repulsion`` (written before the repulsion prior existed) gets the prior switched off, so an
     old checkpoint keeps the energies it was trained with.
     """
     values = dict(values)
-    fields = {f.name for f in dataclasses.fields(ExpertConfig)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"unknown expert config keys {unknown}; valid: {sorted(fields)}")
-    moe = values.pop("moe", None)
-    if isinstance(moe, dict):
-        moe_fields = {f.name for f in dataclasses.fields(MoEConfig)}
-        unknown = sorted(set(moe) - moe_fields)
-        if unknown:
-            raise ValueError(f"unknown expert config keys moe.{unknown}; valid: {sorted(moe_fields)}")
-        moe = MoEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in moe.items()})
-    repulsion = values.pop("repulsion", {"enabled": False})
-    if isinstance(repulsion, dict):
-        rep_fields = {f.name for f in dataclasses.fields(RepulsionConfig)}
-        unknown = sorted(set(repulsion) - rep_fields)
-        if unknown:
-            raise ValueError(f"unknown expert config keys repulsion.{unknown}; valid: {sorted(rep_fields)}")
-        repulsion = RepulsionConfig(**repulsion)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return ExpertConfig(**values, repulsion=repulsion, **({"moe": moe} if moe is not None else {}))
+    values.setdefault("repulsion", {"enabled": False})
+    return expert_config(values, where="checkpoint")
