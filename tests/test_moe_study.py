@@ -123,3 +123,46 @@ def test_cotraining_loop_adds_balance_loss_and_logs_routing_with_moe_experts(tmp
     pt = moe[[c for c in routing if c.startswith("routing_hf_readout_Pt_")]].to_numpy()
     assert np.allclose(pt.sum(1), 1.0)
     assert not any(c.startswith("routing_") or c == "train_moe_balance" for c in dense.columns)
+
+
+def test_study_settings_are_the_train_section_with_the_study_overrides():
+    from pipeline.train.moe_study import study_train_config
+
+    cfg = config_from_dict({"train": {"optimizer": "adamw", "weight_decay": 0.1, "scheduler": "plateau",
+                                      "selection_window": 7, "ema_decay": 0.9, "energy_weight": 3.0},
+                            "moe_study": {"max_epochs": 5, "batch_size": 2, "learning_rate": 0.02,
+                                          "balance_weight": 0.5}})
+    s = study_train_config(cfg)
+    assert (s.max_epochs, s.batch_size, s.learning_rate, s.moe_balance_weight) == (5, 2, 0.02, 0.5)
+    assert (s.optimizer, s.weight_decay, s.scheduler, s.selection_window) == ("adam", 0.0, "cosine", 1)
+    assert s.early_stopping_patience >= s.max_epochs  # no early stopping
+    assert (s.ema_decay, s.energy_weight, s.min_learning_rate) == (0.9, 3.0, cfg.train.min_learning_rate)
+
+
+def test_single_training_stops_on_a_non_finite_loss_with_a_status(emt_set, monkeypatch):
+    import pipeline.train.single as single
+    from pipeline.train.data import prepare_samples, read_splits
+    from pipeline.train.moe_study import dataset_species, study_train_config
+
+    cfg = _cfg(max_epochs=3)
+    species = dataset_species(cfg, "emt_alloys")
+    model = build_model(variant_config(cfg, "moe_element_shared"), species, dtype=torch.float64, seed=1)
+    splits = read_splits(str(emt_set))
+    train, validation = (prepare_samples(splits[k], species=species, r_maxes=[model.r_max], dtype=torch.float64,
+                                         lf_data="all") for k in ("train", "validation"))
+    settings = study_train_config(cfg)
+    n_batches = -(-len(train) // settings.batch_size)
+    real, calls = single.data_terms, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        terms = real(*args, **kwargs)
+        if calls["n"] == n_batches + 2:  # epoch 2, batch 2
+            terms["forces"] = (terms["forces"][0] * float("nan"), terms["forces"][1])
+        return terms
+
+    monkeypatch.setattr(single, "data_terms", poisoned)
+    result = single.train_single(model, train, validation, settings, seed=0)
+    assert result.status == "non-finite loss at epoch 2"
+    assert len(result.metrics) == 1 and result.best_epoch == 1
+    assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())

@@ -2,8 +2,10 @@
 
 Public API (modules: :mod:`~pipeline.train.data`, :mod:`~pipeline.train.cells`,
 :mod:`~pipeline.train.anchor`, :mod:`~pipeline.train.losses`, :mod:`~pipeline.train.pair`,
-:mod:`~pipeline.train.selection`, :mod:`~pipeline.train.metrics`, :mod:`~pipeline.train.loop`,
-:mod:`~pipeline.train.state`, :mod:`~pipeline.train.ddp`, :mod:`~pipeline.train.run`):
+:mod:`~pipeline.train.selection`, :mod:`~pipeline.train.metrics`, :mod:`~pipeline.train.core` (the one
+training loop: optimiser, EMA, selection, schedule, early stopping, state, resume),
+:mod:`~pipeline.train.loop` (the stages on the core), :mod:`~pipeline.train.single` (single models on the
+core), :mod:`~pipeline.train.state`, :mod:`~pipeline.train.ddp`, :mod:`~pipeline.train.run`):
 
 - :func:`run_training` (config + dataset -> checkpoints, metrics; one stage; resumable; DDP under torchrun);
 - :func:`train_experts` (built experts + prepared data -> :class:`TrainResult`), :func:`evaluate`;

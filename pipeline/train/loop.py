@@ -1,11 +1,14 @@
-"""The training loop of one stage: optimiser, schedule, EMA, smoothed selection, early stopping, resume.
+"""The training of one stage (HF, LF against a frozen anchor, or the symmetric pair) on the training core.
 
 :func:`train_experts` receives built experts (the trainable ones of a stage, :mod:`pipeline.train.pair`),
 prepared data (:class:`TrainData`, with the anchor's outputs attached when the stage has one) and the
-``train:`` section, and trains with the loss of :func:`pipeline.train.pair.batch_terms`:
+``train:`` section, and trains them with :func:`pipeline.train.core.train` (which owns the optimiser,
+schedule, EMA, selection, early stopping, training state and resume) and the stage's
+:class:`StageObjective`:
 
-- one optimiser (Adam/AdamW) over the trainable experts; each expert's gradient is clipped to
-  ``train.grad_clip_norm`` separately; the plateau or cosine schedule steps once per epoch;
+- the loss of a batch is that of :func:`pipeline.train.pair.batch_terms`; one optimiser (Adam/AdamW) over
+  the trainable experts; each expert's gradient is clipped to ``train.grad_clip_norm`` separately; the
+  plateau or cosine schedule steps once per epoch;
 - an exponential moving average of each expert's weights (``torch.optim.swa_utils.AveragedModel``) is
   validated every epoch on the stage's own validation loss: the data terms of its trainable experts plus,
   when it agrees, the agreement terms on the validation frames and the mixture term on the validation
@@ -27,42 +30,33 @@ prepared data (:class:`TrainData`, with the anchor's outputs attached when the s
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
-from pipeline.atomic import write_atomic
 from pipeline.config import TrainConfig
-from pipeline.errors import PipelineInputError
 from pipeline.models import AllegroModel
+from pipeline.train.core import EpochEnd, NonFiniteLossError, Objective, Step, Validation, train, write_metrics
 from pipeline.train.data import Sample, batch_order, extra_order, make_batch, shard
-from pipeline.train.ddp import DistInfo, all_reduce_sum, barrier, wrap
+from pipeline.train.ddp import DistInfo, all_reduce_sum, wrap
 from pipeline.train.losses import LossWeights, weighted_total
 from pipeline.train.metrics import ErrorSums, pair_errors
 from pipeline.train.pair import CELLS, EXPERTS, Experts, batch_terms, cell_outputs, cell_terms, stage_outputs
 from pipeline.train.routing import RoutingStats, balance_loss, layer_names
-from pipeline.train.selection import Selection
-from pipeline.train.state import capture_rng, load_state, restore_rng, save_state
 
 log = logging.getLogger(__name__)
 
+__all__ = ["TERMS", "NonFiniteLossError", "StageObjective", "TrainData", "TrainResult", "agreement_scale", "agrees",
+           "evaluate", "loss_weights", "train_experts", "write_metrics"]
+
 TERMS = ("hf_energy", "hf_forces", "hf_stress", "lf_energy", "lf_forces", "lf_stress", "agree_energy", "agree_forces",
          "mixture_forces")
-
-
-class NonFiniteLossError(PipelineInputError, RuntimeError):
-    """The training loss became NaN or infinite; the message names the epoch and batch."""
 
 
 @dataclass(frozen=True)
@@ -103,33 +97,6 @@ def loss_weights(cfg: TrainConfig, scale: float = 1.0) -> LossWeights:
 def agrees(cfg: TrainConfig) -> bool:
     """Whether ``train:`` has any agreement weight."""
     return cfg.lambda_energy > 0 or cfg.lambda_force > 0 or cfg.lambda_mixture > 0
-
-
-def _optimizer(cfg: TrainConfig, experts: Experts) -> torch.optim.Optimizer:
-    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if cfg.optimizer not in classes:
-        raise ValueError(f"train.optimizer must be one of {sorted(classes)}, got {cfg.optimizer!r}")
-    groups = [{"params": list(experts.experts[name].parameters())} for name in experts.names]
-    return classes[cfg.optimizer](groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-
-def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
-    builders: dict[str, Callable[[], Any]] = {
-        "plateau": lambda: torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_learning_rate),
-        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=cfg.max_epochs, eta_min=cfg.min_learning_rate),
-        "none": lambda: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0),
-    }
-    if cfg.scheduler not in builders:
-        raise ValueError(f"train.scheduler must be one of {sorted(builders)}, got {cfg.scheduler!r}")
-    return builders[cfg.scheduler]()
-
-
-def _ema(model: AllegroModel, decay: float) -> AveragedModel | None:
-    if decay <= 0:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def evaluate(
@@ -199,12 +166,102 @@ def _fmt(row: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write the metrics rows as CSV atomically."""
-    import pandas as pd
+class StageObjective(Objective):
+    """Batches, loss, validation and metrics row of one stage (see the module docstring) for the core.
 
-    table = pd.DataFrame(rows)
-    write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    Parameters
+    ----------
+    experts : Experts
+        The trainable experts (wrapped for DDP here).
+    data, cfg, seed, anchor, state_file, info
+        As in :func:`train_experts`.
+    """
+
+    def __init__(self, experts: Experts, data: TrainData, cfg: TrainConfig, *, seed: int, anchor: str | None,
+                 state_file: str | Path | None, info: DistInfo) -> None:
+        self.experts, self.data, self.cfg, self.seed, self.anchor, self.info = experts, data, cfg, seed, anchor, info
+        self.state_file = state_file
+        self.names = experts.names
+        self.model = wrap(experts, info)
+        self.agreeing = agrees(cfg) and set(self.names) | ({anchor} if anchor else set()) == set(EXPERTS)
+        self.use_cells = self.agreeing and bool(data.cells)
+        self.stress = cfg.stress_weight > 0
+        self.full_weights = loss_weights(cfg)
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        cfg = self.cfg
+        self.weights = loss_weights(cfg, agreement_scale(epoch, cfg.agreement_ramp_epochs))
+        batches = batch_order(len(self.data.train), cfg.batch_size, self.seed, epoch)
+        self.cell_order = extra_order(len(self.data.cells), cfg.cells.per_batch, len(batches), self.seed, epoch)
+        self.n_batches = len(batches)
+        self.term_sums = torch.zeros(len(TERMS), dtype=torch.float64)
+        self.train_errors = ErrorSums()
+        self.routing, self.balance_sum = RoutingStats(), 0.0
+        return batches
+
+    def loss(self, epoch: int, index: int, batch: np.ndarray) -> Step:
+        info, data, names = self.info, self.data, self.names
+        frames = make_batch([data.train[i] for i in shard(batch, info.rank, info.world_size)], info.device)
+        local_cells = shard(self.cell_order[index], info.rank, info.world_size) if self.use_cells else []
+        cells = make_batch([data.cells[j] for j in local_cells], info.device) if len(local_cells) else None
+        live = self.model(frames, cells, stress=self.stress, create_graph=True)
+        outputs = stage_outputs(live, frames, cells, self.anchor)
+        terms = batch_terms(outputs, frames, cells, trainable=names, agreement=self.agreeing, stress=self.stress,
+                            huber=self.weights.huber)
+        loss, values = weighted_total(terms, self.weights, global_counts=lambda c: all_reduce_sum(c, info),
+                                      world_size=info.world_size)
+        balance = balance_loss({n: live[n] for n in names})  # None unless an expert has MoE layers
+        if balance is not None:
+            self.balance_sum += float(balance.detach())
+            if self.cfg.moe_balance_weight > 0:
+                loss = loss + self.cfg.moe_balance_weight * balance
+            for name in names:
+                self.routing.add(name, live[name])
+
+        def record() -> None:
+            self.term_sums += torch.tensor([values.get(name, 0.0) for name in TERMS], dtype=torch.float64)
+            pair_errors(self.train_errors, outputs, frames)
+
+        return Step(loss=loss, record=record, detail=values)
+
+    def validate(self, epoch: int, models: Mapping[str, torch.nn.Module]) -> Validation:
+        info = self.info
+        self.term_means = all_reduce_sum(self.term_sums, info) / self.n_batches
+        self.train_errors.reduce(lambda t: all_reduce_sum(t, info))
+        val_loss, val_terms, val_errors = evaluate(
+            models, self.data.validation, weights=self.full_weights,
+            cells=self.data.validation_cells if self.use_cells else (), anchor=self.anchor, agreement=self.agreeing,
+            stress=self.stress, batch_size=4 * self.cfg.batch_size, info=info)
+        return Validation(loss=val_loss, detail=(val_terms, val_errors))
+
+    def row(self, end: EpochEnd) -> dict[str, Any]:
+        val_terms, val_errors = end.validation.detail
+        means = self.term_means.tolist()
+        train_loss = float(sum(self.weights.of(n) * v for n, v in zip(TERMS, means)))
+        row = {"epoch": end.epoch, "lr": end.lr,
+               "agreement_scale": agreement_scale(end.epoch - 1, self.cfg.agreement_ramp_epochs),
+               "train_loss": train_loss, **{f"train_{n}": v for n, v in zip(TERMS, means)},
+               "val_loss": end.validation.loss, "val_loss_smoothed": end.selection.smoothed,
+               **{f"val_{n}": v for n, v in val_terms.items()},
+               **self.train_errors.summary("train"), **val_errors.summary("val"),
+               "best_epoch": end.selection.best_epoch, "wall_s": end.wall_s, "elapsed_s": end.elapsed_s}
+        if self.routing.loads:  # MoE experts only: balance loss and expert load per element and layer
+            experts = self.experts.experts
+            row["train_moe_balance"] = self.balance_sum / self.n_batches
+            row.update(self.routing.columns({n: (layer_names(experts[n]), experts[n].species) for n in self.names}))
+        return row
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        log.info(_fmt(row))
+
+    def train_non_finite(self, epoch: int, index: int, n_batches: int, step: Step) -> str:
+        return (f"non-finite training loss at epoch {epoch + 1}, batch {index + 1} of {n_batches} "
+                f"(local terms: {step.detail}); stopped. The state of the last completed epoch ({epoch}) "
+                f"is kept{f' in {self.state_file}' if self.state_file else ''}; lower train.learning_rate or "
+                "check the data")
+
+    def validation_non_finite(self, epoch: int, validation: Validation) -> str:
+        return f"non-finite validation loss after epoch {epoch + 1}: {validation.detail[0]}"
 
 
 def train_experts(
@@ -253,137 +310,11 @@ def train_experts(
             f"use a batch size of at least {2 * info.world_size}"
         )
     experts = Experts(models)
-    names = experts.names
-    if anchor is not None and anchor in names:
+    if anchor is not None and anchor in experts.names:
         raise ValueError(f"the anchor {anchor!r} cannot also be trained")
-    model = wrap(experts, info)
-    opt = _optimizer(cfg, experts)
-    sched = _scheduler(cfg, opt)
-    emas = {name: _ema(experts.experts[name], cfg.ema_decay) for name in names}
-    agreeing = agrees(cfg) and set(names) | ({anchor} if anchor else set()) == set(EXPERTS)
-    use_cells = agreeing and bool(data.cells)
-    stress = cfg.stress_weight > 0
-    fingerprint = dict(fingerprint or {})
-
-    start, rows, finished = 0, [], False
-    selection = Selection(window=cfg.selection_window, patience=cfg.early_stopping_patience)
-    best: dict[str, Any] = {}
-    saved = load_state(state_file, fingerprint, map_location=info.device) if state_file else None
-    if saved is not None:
-        for name in names:
-            experts.experts[name].load_state_dict(saved["models"][name])
-            if emas[name] is not None:
-                emas[name].load_state_dict(saved["ema"][name])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        restore_rng(saved["rng"])
-        start, best = int(saved["epoch"]), dict(saved["best"])
-        selection = Selection.from_state(saved["selection"])
-        rows, finished = list(saved["metrics"]), bool(saved["finished"])
-        if info.is_main:
-            log.info("resumed from %s after epoch %d%s", state_file, start, " (already finished)" if finished else "")
-
-    full_weights = loss_weights(cfg)
-    elapsed = float(rows[-1]["elapsed_s"]) if rows else 0.0
-    epoch = start
-    while not finished and epoch < cfg.max_epochs:
-        t0 = time.perf_counter()
-        weights = loss_weights(cfg, agreement_scale(epoch, cfg.agreement_ramp_epochs))
-        batches = batch_order(len(data.train), cfg.batch_size, seed, epoch)
-        cell_order = extra_order(len(data.cells), cfg.cells.per_batch, len(batches), seed, epoch)
-        experts.train()
-        term_sums = torch.zeros(len(TERMS), dtype=torch.float64)
-        train_errors = ErrorSums()
-        routing, balance_sum = RoutingStats(), 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", unit="batch", leave=False,
-                   disable=not (progress and info.is_main), file=sys.stderr, mininterval=2.0)
-        for index, global_batch in enumerate(bar):
-            batch = make_batch([data.train[i] for i in shard(global_batch, info.rank, info.world_size)], info.device)
-            local_cells = shard(cell_order[index], info.rank, info.world_size) if use_cells else []
-            cells = make_batch([data.cells[j] for j in local_cells], info.device) if len(local_cells) else None
-            live = model(batch, cells, stress=stress, create_graph=True)
-            outputs = stage_outputs(live, batch, cells, anchor)
-            terms = batch_terms(outputs, batch, cells, trainable=names, agreement=agreeing, stress=stress,
-                                huber=weights.huber)
-            loss, values = weighted_total(terms, weights, global_counts=lambda c: all_reduce_sum(c, info),
-                                          world_size=info.world_size)
-            balance = balance_loss({n: live[n] for n in names})  # None unless an expert has MoE layers
-            if balance is not None:
-                balance_sum += float(balance.detach())
-                if cfg.moe_balance_weight > 0:
-                    loss = loss + cfg.moe_balance_weight * balance
-                for name in names:
-                    routing.add(name, live[name])
-            total = all_reduce_sum(loss.detach().reshape(1).to(torch.float64), info) / info.world_size
-            if not torch.isfinite(total).all():
-                raise NonFiniteLossError(
-                    f"non-finite training loss at epoch {epoch + 1}, batch {index + 1} of {len(batches)} "
-                    f"(local terms: {values}); stopped. The state of the last completed epoch ({epoch}) "
-                    f"is kept{f' in {state_file}' if state_file else ''}; lower train.learning_rate or check the data"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip_norm > 0:
-                for name in names:
-                    torch.nn.utils.clip_grad_norm_(experts.experts[name].parameters(), cfg.grad_clip_norm)
-            opt.step()
-            for name in names:
-                if emas[name] is not None:
-                    emas[name].update_parameters(experts.experts[name])
-            term_sums += torch.tensor([values.get(name, 0.0) for name in TERMS], dtype=torch.float64)
-            pair_errors(train_errors, outputs, batch)
-            bar.set_postfix_str(f"loss {float(total):.4g}", refresh=False)
-        bar.close()
-
-        term_means = all_reduce_sum(term_sums, info) / len(batches)
-        train_errors.reduce(lambda t: all_reduce_sum(t, info))
-        evals = {name: (emas[name].module if emas[name] is not None else experts.experts[name]) for name in names}
-        val_loss, val_terms, val_errors = evaluate(
-            evals, data.validation, weights=full_weights, cells=data.validation_cells if use_cells else (),
-            anchor=anchor, agreement=agreeing, stress=stress, batch_size=4 * cfg.batch_size, info=info)
-        if not math.isfinite(val_loss):
-            raise NonFiniteLossError(f"non-finite validation loss after epoch {epoch + 1}: {val_terms}")
-        lr = opt.param_groups[0]["lr"]
-        if cfg.scheduler == "plateau":
-            sched.step(val_loss)
-        else:
-            sched.step()
-        epoch += 1
-        if selection.update(val_loss):
-            best = {name: copy.deepcopy(evals[name].state_dict()) for name in names}
-        finished = selection.stop() or epoch >= cfg.max_epochs
-        wall = time.perf_counter() - t0
-        elapsed += wall
-        train_loss = float(sum(weights.of(n) * v for n, v in zip(TERMS, term_means.tolist())))
-        row = {"epoch": epoch, "lr": lr, "agreement_scale": agreement_scale(epoch - 1, cfg.agreement_ramp_epochs),
-               "train_loss": train_loss, **{f"train_{n}": v for n, v in zip(TERMS, term_means.tolist())},
-               "val_loss": val_loss, "val_loss_smoothed": selection.smoothed,
-               **{f"val_{n}": v for n, v in val_terms.items()},
-               **train_errors.summary("train"), **val_errors.summary("val"),
-               "best_epoch": selection.best_epoch, "wall_s": wall, "elapsed_s": elapsed}
-        if routing.loads:  # MoE experts only: balance loss and expert load per element and layer
-            row["train_moe_balance"] = balance_sum / len(batches)
-            row.update(routing.columns({n: (layer_names(experts.experts[n]), experts.experts[n].species)
-                                        for n in names}))
-        rows.append(row)
-        if info.is_main:
-            log.info(_fmt(row))
-            if state_file:
-                save_state(state_file, {
-                    "fingerprint": fingerprint, "epoch": epoch, "finished": finished,
-                    "models": {n: experts.experts[n].state_dict() for n in names},
-                    "ema": {n: (emas[n].state_dict() if emas[n] is not None else {}) for n in names},
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
-                    "selection": selection.state_dict(), "rng": capture_rng(), "data_seed": seed, "metrics": rows,
-                })
-            if metrics_csv:
-                write_metrics(metrics_csv, rows)
-        barrier(info)
-
-    if info.is_main and metrics_csv and rows:
-        write_metrics(metrics_csv, rows)
-    for name in names:
-        experts.experts[name].load_state_dict(best[name])
-        experts.experts[name].eval()
-    return TrainResult(models={n: experts.experts[n] for n in names}, epochs=epoch, best_epoch=selection.best_epoch,
-                       best_val_loss=selection.best_value, stopped_early=epoch < cfg.max_epochs, metrics=rows)
+    objective = StageObjective(experts, data, cfg, seed=seed, anchor=anchor, state_file=state_file, info=info)
+    result = train({n: experts.experts[n] for n in experts.names}, objective, cfg, data_seed=seed,
+                   on_non_finite="raise", state_file=state_file, fingerprint=fingerprint, metrics_csv=metrics_csv,
+                   info=info, progress=progress)
+    return TrainResult(models=result.models, epochs=result.epochs, best_epoch=result.best_epoch,
+                       best_val_loss=result.best_value, stopped_early=result.stopped_early, metrics=result.metrics)

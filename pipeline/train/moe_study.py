@@ -1,9 +1,9 @@
 """The element-wise MoE routing study (paper B, DESIGN.md section 1): one model per dataset and variant.
 
 Every variant starts from the ``models.<moe_study.base_model>`` preset, is trained with the same data,
-seed, epochs and optimiser (:func:`pipeline.train.single.train_single`) and has a similar *active*
-parameter count: a routed or shared expert gets ``1 / (top_k + shared)`` of the dense hidden widths,
-so an atom uses about as many weights as in the dense MLP.
+seed, epochs and optimiser (:func:`study_train_config`, :func:`pipeline.train.single.train_single`) and
+has a similar *active* parameter count: a routed or shared expert gets ``1 / (top_k + shared)`` of the
+dense hidden widths, so an atom uses about as many weights as in the dense MLP.
 
 ==========================  =========  =============  ======  ===========
 variant                     router     expert type    shared  paper claim
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import Config, ExpertConfig, MoEConfig
+from pipeline.config import Config, ExpertConfig, MoEConfig, TrainConfig
 from pipeline.data.ingest import sha256_file
 from pipeline.devices import DTYPES
 from pipeline.models import (
@@ -39,9 +39,9 @@ from pipeline.models import (
 )
 from pipeline.models.moe import moe_modules, parameter_counts
 from pipeline.train.data import check_species, prepare_samples, read_splits
-from pipeline.train.loop import write_metrics
+from pipeline.train.core import write_metrics
 from pipeline.train.routing import layer_names
-from pipeline.train.single import SingleTrainSettings, evaluate_errors, train_single
+from pipeline.train.single import evaluate_errors, train_single
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,22 @@ def variant_config(cfg: Config, variant: str) -> ExpertConfig:
                     num_shared=n_shared, router=router, expert_type=expert_type,
                     expert_width_factor=1.0 / (s.top_k + n_shared))
     return dataclasses.replace(base, moe=moe)
+
+
+def study_train_config(cfg: Config) -> TrainConfig:
+    """The ``train:`` section as every study run uses it (:func:`pipeline.train.single.train_single`).
+
+    ``moe_study.max_epochs``, ``batch_size``, ``learning_rate`` and ``balance_weight`` replace the
+    training's; whatever ``train:`` says, the study uses Adam without weight decay, a cosine schedule,
+    and keeps the epoch of the lowest validation loss (no trailing mean, no early stopping). The rest
+    (``min_learning_rate``, ``energy_weight``, ``force_weight``, ``grad_clip_norm``, ``ema_decay``)
+    comes from ``train:``.
+    """
+    s = cfg.moe_study
+    return dataclasses.replace(cfg.train, max_epochs=s.max_epochs, batch_size=s.batch_size,
+                               learning_rate=s.learning_rate, moe_balance_weight=s.balance_weight,
+                               optimizer="adam", weight_decay=0.0, scheduler="cosine", selection_window=1,
+                               early_stopping_patience=max(1, s.max_epochs))
 
 
 def dataset_species(cfg: Config, dataset_name: str) -> tuple[str, ...]:
@@ -115,12 +131,7 @@ def train_variant(
     model.set_scale_shift(scales=force_rms_scales(train_frames, species), shifts=fit_energy_shifts(train_frames, species))
     prep = {"species": species, "r_maxes": [model.r_max], "dtype": dtype, "lf_data": "all"}
     train, validation, test = (prepare_samples(f, **prep) for f in (train_frames, splits["validation"], splits["test"]))
-    s, t = cfg.moe_study, cfg.train
-    settings = SingleTrainSettings(max_epochs=s.max_epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
-                                   min_learning_rate=t.min_learning_rate, energy_weight=t.energy_weight,
-                                   force_weight=t.force_weight, balance_weight=s.balance_weight,
-                                   grad_clip_norm=t.grad_clip_norm, ema_decay=t.ema_decay)
-    result = train_single(model, train, validation, settings, seed=cfg.seed)
+    result = train_single(model, train, validation, study_train_config(cfg), seed=cfg.seed)
     errors = evaluate_errors(result.model, test)
     active, total = parameter_counts(result.model)
     out = {

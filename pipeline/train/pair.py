@@ -34,10 +34,10 @@ import torch
 from pipeline.data import keys as K
 from pipeline.data.partition import LF
 from pipeline.models import AllegroModel
+from pipeline.names import EXPERTS
 from pipeline.train.data import Batch
 from pipeline.train.losses import Term, agreement_terms, data_terms, merge_terms, mixture_terms
 
-EXPERTS = ("hf", "lf")
 AGREEMENT_MODES = ("anchored", "symmetric")
 CELLS = "_cells"  # suffix of the output keys on the mixture cells
 

@@ -45,6 +45,7 @@ from pipeline.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from pipeline.names import TRAIN_PAIRS
 from pipeline.train.anchor import attach_anchor
 from pipeline.train.cells import bulk_cells, slab_cells
 from pipeline.train.data import check_species, prepare_samples, read_splits, reference_lattice_constant
@@ -54,7 +55,7 @@ from pipeline.train.state import state_path
 
 log = logging.getLogger(__name__)
 
-PAIRS = ("cotrained", "independent")
+PAIRS = TRAIN_PAIRS  # the name pipeline.train exports
 STAGES = ("hf", "lf", "pair")
 _MODEL_SEED_OFFSET = {"hf": 101, "lf": 202}
 

@@ -1,46 +1,41 @@
 """Training of one model on energies and forces (the MoE routing study trains single models, not pairs).
 
-The same ingredients as :mod:`pipeline.train.loop` for one model: Adam, cosine schedule, gradient
-clipping, an EMA of the weights validated every epoch (the best one is kept), the data loss of
-:func:`pipeline.train.losses.data_terms` plus ``balance_weight`` times the MoE load-balancing loss, and
-per-epoch metrics with the expert load per element and layer (:mod:`pipeline.train.routing`). Instead
-of raising on a non-finite loss it stops and reports it, because training stability is one of the
-study's results.
+:func:`train_single` runs the training core (:func:`pipeline.train.core.train`: optimiser, schedule,
+gradient clipping, an EMA of the weights validated every epoch, selection of the best validated weights,
+training state) with the :class:`SingleObjective`: the data loss of
+:func:`pipeline.train.losses.data_terms` (mean squared energy-per-atom and force-component errors, every
+frame and atom) plus ``train.moe_balance_weight`` times the MoE load-balancing loss, validated on the
+squared MAEs of energies and forces, with per-epoch metrics holding the expert load per element and layer
+(:mod:`pipeline.train.routing`). Instead of raising on a non-finite loss it stops and reports it, because
+training stability is one of the study's results.
+
+The settings are a :class:`~pipeline.config.TrainConfig`; of its loss fields only ``energy_weight``,
+``force_weight`` and ``moe_balance_weight`` are used (no Huber, stress or agreement terms). The study's
+settings are :func:`pipeline.train.moe_study.study_train_config`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from pipeline.config import TrainConfig
 from pipeline.data import keys as K
 from pipeline.models import AllegroModel
+from pipeline.train.core import EpochEnd, Objective, Step, Validation
+from pipeline.train.core import train as train_core
 from pipeline.train.data import Sample, batch_order, make_batch
 from pipeline.train.losses import data_terms
 from pipeline.train.routing import RoutingStats, balance_loss, layer_names
 
-
-@dataclass(frozen=True)
-class SingleTrainSettings:
-    """Budget and loss weights of one run (energies eV/atom, forces eV/A)."""
-
-    max_epochs: int = 60
-    batch_size: int = 8
-    learning_rate: float = 3e-3
-    min_learning_rate: float = 1e-5
-    energy_weight: float = 10.0
-    force_weight: float = 1.0
-    balance_weight: float = 0.01
-    grad_clip_norm: float = 10.0
-    ema_decay: float = 0.99
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,68 +85,90 @@ def evaluate_errors(model: AllegroModel, samples: list[Sample], *, batch_size: i
     return totals
 
 
+def validation_loss(cfg: TrainConfig, energy_mae_mev_atom: float, force_mae_mev_a: float) -> float:
+    """The selection criterion: weighted squared MAEs of energy per atom (eV/atom) and force components (eV/A)."""
+    return cfg.energy_weight * (energy_mae_mev_atom / 1000) ** 2 + cfg.force_weight * (force_mae_mev_a / 1000) ** 2
+
+
+class SingleObjective(Objective):
+    """Batches, loss, validation and metrics row of one model (see the module docstring) for the core."""
+
+    def __init__(self, model: AllegroModel, train: list[Sample], validation: list[Sample], cfg: TrainConfig, *,
+                 seed: int) -> None:
+        self.model, self.train, self.validation, self.cfg, self.seed = model, train, validation, cfg, seed
+        self.layers = (layer_names(model), model.species)
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        self.routing, self.losses, self.balances = RoutingStats(), [], []
+        return batch_order(len(self.train), self.cfg.batch_size, self.seed, epoch)
+
+    def loss(self, epoch: int, index: int, batch: np.ndarray) -> Step:
+        cfg, model = self.cfg, self.model
+        frames = make_batch([self.train[i] for i in batch])
+        graph = frames.graph(model.r_max)
+        out = model(graph, create_graph=True)
+        all_frames, all_atoms = torch.ones_like(frames.lf_energy), torch.ones_like(frames.bulk)
+        terms = data_terms(out, graph, atom_mask=all_atoms, frame_mask=all_frames)
+        loss = cfg.energy_weight * terms["energy"][0] / terms["energy"][1]
+        loss = loss + cfg.force_weight * terms["forces"][0] / terms["forces"][1]
+        balance = balance_loss({"model": out})
+        if balance is not None:
+            self.balances.append(float(balance.detach()))
+            self.routing.add("model", out)
+            loss = loss + cfg.moe_balance_weight * balance
+        return Step(loss=loss, record=lambda: self.losses.append(float(loss.detach())))
+
+    def validate(self, epoch: int, models: Mapping[str, torch.nn.Module]) -> Validation:
+        val = evaluate_errors(models["model"], self.validation)
+        return Validation(loss=validation_loss(self.cfg, val.energy_mae_mev_atom, val.force_mae_mev_a), detail=val)
+
+    def row(self, end: EpochEnd) -> dict[str, Any]:
+        val = end.validation.detail
+        row = {"epoch": end.epoch, "train_loss": float(np.mean(self.losses)),
+               "val_energy_mae_mev_atom": val.energy_mae_mev_atom, "val_force_mae_mev_a": val.force_mae_mev_a,
+               "lr": end.lr_after, "wall_s": end.wall_s}
+        if self.balances:
+            row["train_moe_balance"] = float(np.mean(self.balances))
+            row.update(self.routing.columns({"model": self.layers}))
+        return row
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        log.info("epoch %d: loss %.4g, val E %.2f meV/atom, F %.1f meV/A", row["epoch"], row["train_loss"],
+                 row["val_energy_mae_mev_atom"], row["val_force_mae_mev_a"])
+
+    def train_non_finite(self, epoch: int, index: int, n_batches: int, step: Step) -> str:
+        return f"non-finite loss at epoch {epoch + 1}"
+
+    def validation_non_finite(self, epoch: int, validation: Validation) -> str:
+        return f"non-finite validation error at epoch {epoch + 1}"
+
+
 def train_single(
-    model: AllegroModel, train: list[Sample], validation: list[Sample], settings: SingleTrainSettings, *, seed: int
+    model: AllegroModel,
+    train: list[Sample],
+    validation: list[Sample],
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    state_file: str | Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> SingleTrainResult:
-    """Train ``model`` (in place) and return the best EMA weights by validation loss."""
-    s = settings
-    opt = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.max_epochs, eta_min=s.min_learning_rate)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(s.ema_decay), use_buffers=True)
-    layers = (layer_names(model), model.species)
-    result = SingleTrainResult(model=model)
-    best_loss, best_state = math.inf, copy.deepcopy(model.state_dict())
-    for epoch in range(s.max_epochs):
-        t0 = time.perf_counter()
-        model.train()
-        routing, losses, balances = RoutingStats(), [], []
-        for batch_index in batch_order(len(train), s.batch_size, seed, epoch):
-            batch = make_batch([train[i] for i in batch_index])
-            graph = batch.graph(model.r_max)
-            out = model(graph, create_graph=True)
-            all_frames, all_atoms = torch.ones_like(batch.lf_energy), torch.ones_like(batch.bulk)
-            terms = data_terms(out, graph, atom_mask=all_atoms, frame_mask=all_frames)
-            loss = s.energy_weight * terms["energy"][0] / terms["energy"][1]
-            loss = loss + s.force_weight * terms["forces"][0] / terms["forces"][1]
-            balance = balance_loss({"model": out})
-            if balance is not None:
-                balances.append(float(balance.detach()))
-                routing.add("model", out)
-                loss = loss + s.balance_weight * balance
-            if not torch.isfinite(loss):
-                result.status = f"non-finite loss at epoch {epoch + 1}"
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip_norm)
-            opt.step()
-            ema.update_parameters(model)
-            losses.append(float(loss.detach()))
-        if result.status != "ok":
-            break
-        sched.step()
-        val = evaluate_errors(ema.module, validation)
-        val_loss = s.energy_weight * (val.energy_mae_mev_atom / 1000) ** 2 + s.force_weight * (val.force_mae_mev_a / 1000) ** 2
-        if not math.isfinite(val_loss):
-            result.status = f"non-finite validation error at epoch {epoch + 1}"
-            break
-        if val_loss < best_loss:
-            best_loss, best_state, result.best_epoch = val_loss, copy.deepcopy(ema.module.state_dict()), epoch + 1
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_energy_mae_mev_atom": val.energy_mae_mev_atom,
-               "val_force_mae_mev_a": val.force_mae_mev_a, "lr": opt.param_groups[0]["lr"],
-               "wall_s": time.perf_counter() - t0}
-        if balances:
-            row["train_moe_balance"] = float(np.mean(balances))
-            row.update(routing.columns({"model": layers}))
-        result.metrics.append(row)
-        logging.getLogger(__name__).info(
-            "epoch %d: loss %.4g, val E %.2f meV/atom, F %.1f meV/A", epoch + 1, row["train_loss"],
-            val.energy_mae_mev_atom, val.force_mae_mev_a)
+    """Train ``model`` (in place) and return it with the best EMA weights by validation loss.
+
+    ``cfg`` sets the optimiser, schedule, EMA, clipping, selection and early stopping
+    (:func:`pipeline.train.core.train`), the epochs, batch size and loss weights; ``seed`` the batch
+    order. With ``state_file`` the run is saved after every epoch and resumed from it (``fingerprint``:
+    what the state must match). A non-finite loss stops the run (``status`` says where); a final
+    validation loss above 10 times the best gives ``status`` ``diverged ...``.
+    """
+    objective = SingleObjective(model, train, validation, cfg, seed=seed)
+    core = train_core({"model": model}, objective, cfg, data_seed=seed, on_non_finite="stop", state_file=state_file,
+                      fingerprint=fingerprint)
+    result = SingleTrainResult(model=model, metrics=core.metrics, best_epoch=core.best_epoch, status=core.status)
+    best_loss = core.best_value
     if result.status == "ok" and len(result.metrics) > 3 and best_loss < math.inf:
         last = result.metrics[-1]
-        final = s.energy_weight * (last["val_energy_mae_mev_atom"] / 1000) ** 2 + s.force_weight * (last["val_force_mae_mev_a"] / 1000) ** 2
+        final = validation_loss(cfg, last["val_energy_mae_mev_atom"], last["val_force_mae_mev_a"])
         if final > 10 * best_loss:
             result.status = f"diverged (final validation loss {final / best_loss:.0f}x the best)"
-    model.load_state_dict(best_state)
-    model.eval()
     return result

@@ -1,4 +1,9 @@
-"""The training-state checkpoint: everything needed to resume co-training exactly where it stopped.
+"""The training-state checkpoint: everything needed to resume a training exactly where it stopped.
+
+The training core (:func:`pipeline.train.core.train`) writes it for every training with a state file:
+the stages of :mod:`pipeline.train.loop` (models ``hf``, ``lf``) and, when asked, the single models of
+:mod:`pipeline.train.single` (model ``model``). The layout and ``kind`` are those of the co-training
+state written before the core existed, so such states resume unchanged.
 
 One file, ``<state dir>/training_state.pt``, rewritten atomically (temporary file, fsync,
 ``os.replace``) after every epoch. It is a ``torch.save`` of plain values, loaded with
