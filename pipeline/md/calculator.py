@@ -1,6 +1,10 @@
 """ASE calculator for the mixture of experts: relax, run ASE MD or fit an EOS with it.
 
-The expert of every atom is fixed when the calculator is made (by atom index), as in the LAMMPS runs.
+:class:`MixtureCalculator` is the one ASE calculator of the project,
+:class:`pipeline.models.calculator.PotentialCalculator`, over a :class:`MixturePotential`: its input
+``expert`` (the expert of every atom, fixed when the calculator is made, by atom index, as in the
+LAMMPS runs) and a Verlet list kept between calls (:class:`pipeline.md.evaluator.VerletBatch`). Energy,
+forces and stress are computed exactly as for a single expert (stress = ``-virial / V``).
 
 >>> import numpy as np, torch
 >>> from ase.build import bulk
@@ -21,19 +25,45 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.calculators.calculator import (
-    Calculator,
-    PropertyNotImplementedError,
-    all_changes,
-)
-from ase.stress import full_3x3_to_voigt_6_stress
+from ase import Atoms
 
-from pipeline.md.evaluator import MixtureEvaluator
+from pipeline.md.evaluator import VerletBatch
 from pipeline.md.potential import MixturePotential
 from pipeline.models import load_checkpoint
+from pipeline.models.calculator import PotentialCalculator
 
 
-class MixtureCalculator(Calculator):
+class VerletGraph:
+    """Graph builder of :class:`PotentialCalculator` for a system of ``n_atoms`` atoms: a Verlet list kept
+    between calls (a new one when the atomic numbers change).
+
+    Parameters
+    ----------
+    potential : MixturePotential
+        Gives the species, the cutoff and the dtype.
+    n_atoms : int
+        Atoms the calculator's inputs are made for (a structure of another size raises ``ValueError``).
+    skin : float
+        Verlet skin, A (0 = a new list at every call).
+    device : torch.device
+    """
+
+    def __init__(self, potential: MixturePotential, *, n_atoms: int, skin: float, device: torch.device) -> None:
+        self.species, self.r_max, self.dtype = potential.species, potential.r_max, potential.dtype
+        self.n_atoms, self.skin, self.device = int(n_atoms), float(skin), torch.device(device)
+        self._batch: VerletBatch | None = None
+
+    def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor]:
+        numbers = atoms.numbers
+        if len(numbers) != self.n_atoms:
+            raise ValueError(f"this calculator's partition has {self.n_atoms} atoms, the structure has {len(numbers)}")
+        if self._batch is None or not np.array_equal(self._batch.numbers, numbers):
+            self._batch = VerletBatch(numbers=numbers, species=self.species, cutoff=self.r_max, skin=self.skin,
+                                      dtype=self.dtype, device=self.device)
+        return self._batch(atoms.positions, atoms.cell.array, atoms.pbc)
+
+
+class MixtureCalculator(PotentialCalculator):
     """Energy, per-atom energies, forces and stress of a :class:`MixturePotential`, in eV and A.
 
     Parameters
@@ -48,12 +78,8 @@ class MixtureCalculator(Calculator):
         Where to evaluate (default: where the potential's parameters are).
 
     Stress (eV/A^3, ASE sign and Voigt order) is computed only when asked and only for cells periodic
-    in all three directions.
+    in all three directions, from the virial (:class:`~pipeline.models.calculator.PotentialCalculator`).
     """
-
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-    default_parameters: dict = {}
-    nolabel = True
 
     def __init__(
         self,
@@ -64,13 +90,12 @@ class MixtureCalculator(Calculator):
         device: str | torch.device | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        self.potential = potential
-        self.expert = np.asarray(expert, dtype=np.int64)
+        expert = np.asarray(expert, dtype=np.int64)
+        device = torch.device(device) if device is not None else next(potential.parameters()).device
+        graph = VerletGraph(potential, n_atoms=len(expert), skin=skin, device=device)
+        super().__init__(potential, inputs={"expert": expert}, graph=graph, device=device, **kwargs)
+        self.expert = expert
         self.skin = float(skin)
-        self.device = device
-        self._evaluator: MixtureEvaluator | None = None
-        self._numbers: np.ndarray | None = None
 
     @classmethod
     def from_checkpoints(
@@ -86,30 +111,3 @@ class MixtureCalculator(Calculator):
         """Calculator for the experts saved at ``paths`` (expert k = ``paths[k]``)."""
         experts = [load_checkpoint(p, dtype=dtype, map_location=device) for p in paths]
         return cls(MixturePotential(experts, names=names[: len(experts)]), expert=expert, skin=skin, device=device)
-
-    def _evaluator_for(self, numbers: np.ndarray) -> MixtureEvaluator:
-        if len(numbers) != len(self.expert):
-            raise ValueError(f"this calculator's partition has {len(self.expert)} atoms, the structure has {len(numbers)}")
-        if self._evaluator is None or not np.array_equal(self._numbers, numbers):
-            self._evaluator = MixtureEvaluator(
-                self.potential, numbers=numbers, expert=self.expert, skin=self.skin, device=self.device
-            )
-            self._numbers = np.array(numbers)
-        return self._evaluator
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:  # noqa: ANN001 (ASE API)
-        super().calculate(atoms, properties, system_changes)
-        want_stress = "stress" in properties
-        if want_stress and not self.atoms.pbc.all():
-            raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
-        evaluator = self._evaluator_for(self.atoms.numbers)
-        result = evaluator(self.atoms.positions, self.atoms.cell.array, self.atoms.pbc, virial=want_stress)
-        self.results = {
-            "energy": result.energy,
-            "free_energy": result.energy,
-            "energies": result.energies,
-            "forces": result.forces,
-        }
-        if want_stress:
-            stress = -result.virial / self.atoms.get_volume()
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)

@@ -1,9 +1,15 @@
 """NumPy-facing evaluation of the mixture for MD engines: positions in, energy / forces / virial out.
 
 :class:`MixtureEvaluator` keeps the static data of one system (species, expert of every atom) and the
-Verlet list (:class:`pipeline.md.neighbors.VerletList`) on the torch device, and turns a set of
-positions (A) into an :class:`Evaluation` in eV and eV/A. The LAMMPS callback and the ASE calculator
-both call it, so they compute the same function by the same code.
+Verlet list (:class:`VerletBatch` over :class:`pipeline.md.neighbors.VerletList`) on the torch device,
+and turns a set of positions (A) into an :class:`Evaluation` in eV and eV/A. The LAMMPS callback calls
+it; the ASE calculator of the mixture (:class:`pipeline.md.calculator.MixtureCalculator`) builds its
+batches with the same :class:`VerletBatch` and calls the same potential.
+
+Timing lives here, around the calls, not in the potential: the evaluator times every call
+(``model_time_s``) and, with forward hooks on the mixture's per-expert :class:`~pipeline.md.potential.ExpertCall`
+modules attached only for the duration of the call, each expert's share (:class:`ExpertTimer`; CUDA is
+synchronised at each mark on a GPU).
 
 >>> import numpy as np, torch
 >>> from ase.build import molecule
@@ -21,7 +27,8 @@ both call it, so they compute the same function by the same code.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +38,7 @@ from pipeline.data import keys as K
 from pipeline.data.neighbors import species_indices
 from pipeline.md.neighbors import VerletList
 from pipeline.md.potential import MixturePotential
+from pipeline.models.contract import VIRIAL
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,8 @@ class Evaluation:
     forces : (n_atoms, 3) array
         -dE/dR, eV/A.
     virial : (3, 3) array or None
-        ``W = -dE/d(strain)``, eV (``W = -V * stress``; LAMMPS's virial), when asked.
+        ``W = -dE/d(strain)``, eV (``W = -V * stress``; LAMMPS's virial), when asked (the potential's
+        :data:`~pipeline.models.contract.VIRIAL` output).
     min_distance : float
         Shortest pair distance in the neighbour list, A (``inf`` without pairs).
     closest_pair : tuple of int
@@ -59,6 +68,117 @@ class Evaluation:
     virial: np.ndarray | None
     min_distance: float
     closest_pair: tuple[int, int] = (-1, -1)
+
+
+class VerletBatch:
+    """Batch dicts of one system whose atoms keep their identity, over a Verlet list kept between calls.
+
+    Parameters
+    ----------
+    numbers : (n_atoms,) int array
+        Atomic numbers.
+    species : sequence of str
+        The potential's species (the batch's ``species`` indexes into it).
+    cutoff : float
+        The potential's largest cutoff, A.
+    skin : float
+        Verlet skin, A (0 = a new list at every call).
+    dtype : torch.dtype
+        Floating dtype of positions and cell.
+    device : torch.device
+
+    Attributes
+    ----------
+    neighbors : VerletList
+    """
+
+    def __init__(
+        self, *, numbers: np.ndarray, species: Sequence[str], cutoff: float, skin: float, dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.numbers = np.asarray(numbers, dtype=np.int64)
+        self.n_atoms = int(self.numbers.shape[0])
+        self.device, self.dtype = torch.device(device), dtype
+        self.species = torch.as_tensor(species_indices(self.numbers, species), device=self.device)
+        self.neighbors = VerletList(cutoff=cutoff, skin=skin)
+        self._edges: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool]) -> dict[str, torch.Tensor]:
+        """The batch dict of the current positions (Verlet list updated, on the device)."""
+        positions, rebuilt = self.neighbors.update(positions, cell, pbc)
+        if rebuilt or self._edges is None:
+            self._edges = (
+                torch.as_tensor(self.neighbors.edge_index, device=self.device),
+                torch.as_tensor(self.neighbors.shifts, device=self.device),
+            )
+        dtype, device = self.dtype, self.device
+        return {
+            K.POSITIONS: torch.as_tensor(positions, dtype=dtype, device=device),
+            K.SPECIES: self.species,
+            K.CELL: torch.as_tensor(np.asarray(cell, dtype=np.float64).reshape(1, 3, 3), dtype=dtype, device=device),
+            K.PBC: torch.as_tensor(np.asarray(pbc, dtype=bool).reshape(1, 3), device=device),
+            K.BATCH: torch.zeros(self.n_atoms, dtype=torch.int64, device=device),
+            K.NUM_ATOMS: torch.tensor([self.n_atoms], device=device),
+            K.EDGE_INDEX: self._edges[0],
+            K.EDGE_CELL_SHIFT: self._edges[1],
+            K.R_MAX: torch.tensor(self.neighbors.cutoff + self.neighbors.skin, dtype=torch.float64),
+        }
+
+
+class ExpertTimer:
+    """Wall time per expert of calls of a :class:`MixturePotential`, measured from outside it.
+
+    :meth:`timing` attaches forward hooks to the potential's :class:`~pipeline.md.potential.ExpertCall`
+    modules for one call and removes them afterwards (nothing stays on the modules). Each expert
+    evaluation is marked at its start and end (after ``torch.cuda.synchronize`` on a GPU). Attributed to
+    an expert: in one-pass mode, its forward (energy) pass (the backward pass is shared and not split);
+    in chunked mode (:attr:`~pipeline.md.potential.MixturePotential.centres_per_chunk`), each chunk's
+    forward and backward pass, from its start to the next chunk's start or the end of the call.
+
+    Attributes
+    ----------
+    seconds : dict[str, float]
+        Accumulated time (s) per expert name.
+    """
+
+    def __init__(self, potential: MixturePotential, device: torch.device) -> None:
+        self.potential = potential
+        self.sync = torch.device(device).type == "cuda"
+        self.device = device
+        self.seconds = {name: 0.0 for name in potential.names}
+
+    def _now(self) -> float:
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        """Time the expert evaluations of the potential calls made inside the block."""
+        marks: list[tuple[str, float, float]] = []  # (expert name, start, end) of every expert call
+        starts: dict[int, float] = {}
+
+        def before(module, args, kwargs):  # noqa: ANN001, ARG001
+            starts[id(module)] = self._now()
+
+        def after(module, args, kwargs, output):  # noqa: ANN001, ARG001
+            marks.append((module.name, starts.pop(id(module)), self._now()))
+
+        handles = []
+        for call in self.potential.calls:
+            handles.append(call.register_forward_pre_hook(before, with_kwargs=True))
+            handles.append(call.register_forward_hook(after, with_kwargs=True))
+        try:
+            yield
+            end = self._now()
+        finally:
+            for handle in handles:
+                handle.remove()
+        chunked = any(self.potential.chunk_size(k) for k in range(len(self.potential.experts)))
+        for index, (name, start, stop) in enumerate(marks):
+            if chunked:
+                stop = marks[index + 1][1] if index + 1 < len(marks) else end
+            self.seconds[name] += stop - start
 
 
 class MixtureEvaluator:
@@ -85,10 +205,11 @@ class MixtureEvaluator:
     neighbors : VerletList
     n_calls : int
     model_time_s : float
-        Total wall time (s) of the evaluations (neighbour-list update, pair split, energies, backward pass).
+        Total wall time (s) of the evaluations (neighbour-list update, pair split, energies, backward pass),
+        measured around them.
     expert_time_s : dict[str, float]
-        Accumulated time (s) per expert: forward only in one-pass mode (the backward pass is shared and not
-        split), forward and backward with ``centres_per_chunk`` > 0.
+        Accumulated time (s) per expert (:class:`ExpertTimer`): forward only in one-pass mode (the backward
+        pass is shared and not split), forward and backward with ``centres_per_chunk`` > 0.
     """
 
     def __init__(
@@ -105,41 +226,25 @@ class MixtureEvaluator:
         self.potential = potential.to(self.device).eval()
         if centres_per_chunk is not None:
             self.potential.set_centres_per_chunk(centres_per_chunk)
-        self.potential.record_timings = True
         numbers = np.asarray(numbers, dtype=np.int64)
         expert = np.asarray(expert, dtype=np.int64)
         if expert.shape != numbers.shape:
             raise ValueError(f"expert has shape {expert.shape}, the system has {numbers.shape[0]} atoms")
         self.n_atoms = int(numbers.shape[0])
-        self.species = torch.as_tensor(species_indices(numbers, potential.species), device=self.device)
+        self.graph = VerletBatch(numbers=numbers, species=potential.species, cutoff=potential.r_max, skin=skin,
+                                 dtype=potential.dtype, device=self.device)
+        self.species = self.graph.species
+        self.neighbors = self.graph.neighbors
         self.expert = torch.as_tensor(expert, device=self.device)
         self.potential.check_expert(self.expert, self.n_atoms)
-        self.neighbors = VerletList(cutoff=potential.r_max, skin=skin)
-        self._edges: tuple[torch.Tensor, torch.Tensor] | None = None
         self.n_calls = 0
         self.model_time_s = 0.0
-        self.expert_time_s = {name: 0.0 for name in potential.names}
+        self.timer = ExpertTimer(self.potential, self.device)
+        self.expert_time_s = self.timer.seconds
 
     def batch(self, positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool]) -> dict[str, torch.Tensor]:
         """The batch dict of the current positions (Verlet list updated, on the device)."""
-        positions, rebuilt = self.neighbors.update(positions, cell, pbc)
-        if rebuilt or self._edges is None:
-            self._edges = (
-                torch.as_tensor(self.neighbors.edge_index, device=self.device),
-                torch.as_tensor(self.neighbors.shifts, device=self.device),
-            )
-        dtype = self.potential.dtype
-        return {
-            K.POSITIONS: torch.as_tensor(positions, dtype=dtype, device=self.device),
-            K.SPECIES: self.species,
-            K.CELL: torch.as_tensor(np.asarray(cell, dtype=np.float64).reshape(1, 3, 3), dtype=dtype, device=self.device),
-            K.PBC: torch.as_tensor(np.asarray(pbc, dtype=bool).reshape(1, 3), device=self.device),
-            K.BATCH: torch.zeros(self.n_atoms, dtype=torch.int64, device=self.device),
-            K.NUM_ATOMS: torch.tensor([self.n_atoms], device=self.device),
-            K.EDGE_INDEX: self._edges[0],
-            K.EDGE_CELL_SHIFT: self._edges[1],
-            K.R_MAX: torch.tensor(self.neighbors.cutoff + self.neighbors.skin, dtype=torch.float64),
-        }
+        return self.graph(positions, cell, pbc)
 
     def __call__(
         self, positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool], *, virial: bool = False
@@ -151,8 +256,7 @@ class MixtureEvaluator:
         positions : (n_atoms, 3) array
             Positions, A, in atom-identity order (the order of ``numbers`` / ``expert``).
         cell : (3, 3) array
-            Rows are the cell vectors, A. For ``virial`` the cell must have a non-zero volume (any
-            third vector works for a slab: it cancels).
+            Rows are the cell vectors, A.
         pbc : three bools
         virial : bool
             Also compute ``W = -dE/d(strain)``.
@@ -162,21 +266,17 @@ class MixtureEvaluator:
         start = time.perf_counter()
         batch = self.batch(positions, cell, pbc)
         split, lengths = self.potential.split_edges(batch, self.expert)
-        out = self.potential(batch, expert=self.expert, compute_forces=True, compute_stress=virial, split=split)
+        with self.timer.timing():
+            out = self.potential(batch, expert=self.expert, compute_forces=True, compute_stress=virial, split=split)
         energies = out[K.PER_ATOM_ENERGY].detach().double().cpu().numpy()
         forces = out[K.FORCES].detach().double().cpu().numpy()
-        w = None
-        if virial:
-            volume = abs(float(np.linalg.det(np.asarray(cell, dtype=np.float64))))
-            w = -out[K.STRESS].detach().double().cpu().numpy()[0] * volume
+        w = out[VIRIAL].detach().double().cpu().numpy()[0] if virial else None
         min_distance, closest = float("inf"), (-1, -1)
         if lengths.numel():
             shortest = int(torch.argmin(lengths))
             min_distance = float(lengths[shortest])
             closest = (int(self.neighbors.edge_index[0, shortest]), int(self.neighbors.edge_index[1, shortest]))
         self.model_time_s += time.perf_counter() - start
-        for name, seconds in self.potential.timings.items():
-            self.expert_time_s[name] += seconds
         self.n_calls += 1
         return Evaluation(
             energy=float(energies.sum()), energies=energies, forces=forces, virial=w, min_distance=min_distance,

@@ -18,6 +18,14 @@ rounding), at a cost per atom that does not grow with the system (:meth:`Mixture
 With one expert and every atom assigned to it, the mixture is that expert; with two identical experts
 it equals the single model.
 
+The mixture is a :class:`~pipeline.models.contract.Potential` (inputs, centre subsets and outputs of
+:mod:`pipeline.models.contract`) whose own input is ``expert``, the expert of every atom; it also
+returns :data:`~pipeline.models.contract.EXPERT_WEIGHTS` (one-hot rows). It computes and nothing else:
+it keeps no timings and never synchronises the device. Each expert is evaluated through its own
+parameter-free :class:`ExpertCall` module (``potential.calls[k]``), so a caller can observe (and time)
+every expert's evaluation from outside with standard forward hooks, as
+:class:`pipeline.md.evaluator.MixtureEvaluator` does.
+
 >>> import torch
 >>> from ase.build import molecule
 >>> from pipeline.data.neighbors import collate
@@ -42,9 +50,37 @@ import torch
 
 from pipeline.data import keys as K
 from pipeline.models import AllegroModel, edge_vectors, evaluate_with_derivatives
+from pipeline.models.contract import EXPERT_WEIGHTS
 from pipeline.models.geometry import centre_mask
 
 EdgeSplit = list[tuple[torch.Tensor, torch.Tensor]]  # per expert: (edge_index (2, E_k), shifts (E_k, 3))
+
+
+class ExpertCall(torch.nn.Module):
+    """One expert's :meth:`~pipeline.models.AllegroModel.atomic_outputs`, as a module call.
+
+    Holds no parameters and no state (the expert is an argument), so the mixture's ``state_dict`` is
+    unchanged. It exists so that the evaluation of expert ``index`` is a module call a caller can hook
+    (:meth:`torch.nn.Module.register_forward_pre_hook` / ``register_forward_hook``), e.g. to time it.
+    """
+
+    def __init__(self, index: int, name: str) -> None:
+        super().__init__()
+        self.index, self.name = int(index), str(name)
+
+    def forward(
+        self,
+        model: AllegroModel,
+        batch: dict[str, torch.Tensor],
+        *,
+        positions: torch.Tensor,
+        strain: torch.Tensor | None,
+        centers: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        return model.atomic_outputs(batch, positions=positions, strain=strain, centers=centers)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, name={self.name!r}"
 
 
 class MixturePotential(torch.nn.Module):
@@ -60,10 +96,8 @@ class MixturePotential(torch.nn.Module):
 
     Attributes
     ----------
-    timings : dict[str, float]
-        Wall time (s) of the last evaluation of each expert, recorded when ``record_timings`` is True
-        (CUDA is synchronised around each expert then): the forward (energy) pass in one-pass mode,
-        forward and backward in chunked mode.
+    calls : ModuleList of ExpertCall
+        ``calls[k]`` evaluates expert ``k`` (parameter-free; hook it to observe that expert).
     centres_per_chunk : int or tuple of int (one per expert); set with :meth:`set_centres_per_chunk`
         0 (default): one forward pass over all centres and one backward pass. N > 0: each expert's centres
         are evaluated in chunks of at most N (its own entry of the sequence; 0 there = all its centres in
@@ -90,8 +124,7 @@ class MixturePotential(torch.nn.Module):
         self.experts = torch.nn.ModuleList(experts)
         self.names = names
         self.species = tuple(species)
-        self.record_timings = False
-        self.timings: dict[str, float] = {}
+        self.calls = torch.nn.ModuleList(ExpertCall(k, name) for k, name in enumerate(names))
         self.centres_per_chunk = 0
 
     @property
@@ -173,8 +206,9 @@ class MixturePotential(torch.nn.Module):
         Returns
         -------
         dict with :data:`keys.PER_ATOM_ENERGY` ``(n_atoms,)`` eV, :data:`keys.DESCRIPTORS`
-        ``(n_atoms, F_max)`` (each atom's from its expert, zero-padded to the widest expert) and
-        :data:`keys.CENTER_MASK` ``(n_atoms,)``.
+        ``(n_atoms, F_max)`` (each atom's from its expert, zero-padded to the widest expert),
+        :data:`keys.CENTER_MASK` ``(n_atoms,)`` and ``expert_weights`` ``(n_atoms, n_experts)`` (one-hot
+        rows for the evaluated atoms, zero rows elsewhere).
         """
         pos = batch[K.POSITIONS].to(self.dtype) if positions is None else positions
         n_atoms = pos.shape[0]
@@ -186,29 +220,22 @@ class MixturePotential(torch.nn.Module):
         per_atom = pos.new_zeros(n_atoms)
         descriptors = pos.new_zeros(n_atoms, width)
         evaluated = torch.zeros(n_atoms, dtype=torch.bool, device=pos.device)
-        sync = self.record_timings and pos.device.type == "cuda"
-        for k, (model, (edge_index, shifts)) in enumerate(zip(self.experts, split)):
+        for k, (model, call, (edge_index, shifts)) in enumerate(zip(self.experts, self.calls, split)):
             mask = expert == k
             if subset is not None:
                 mask = mask & subset
             if not bool(mask.any()):
-                self.timings[self.names[k]] = 0.0
                 continue
-            if sync:
-                torch.cuda.synchronize(pos.device)
-            start = time.perf_counter()
             sub = dict(batch)
             sub[K.EDGE_INDEX], sub[K.EDGE_CELL_SHIFT] = edge_index, shifts
-            out = model.atomic_outputs(sub, positions=pos, strain=strain, centers=mask)
+            out = call(model, sub, positions=pos, strain=strain, centers=mask)
             per_atom = per_atom + out[K.PER_ATOM_ENERGY]  # zero outside the expert's centres
             f = out[K.DESCRIPTORS].shape[1]
             descriptors = descriptors + torch.nn.functional.pad(out[K.DESCRIPTORS], (0, width - f))
             evaluated = evaluated | mask
-            if sync:
-                torch.cuda.synchronize(pos.device)
-            if self.record_timings:
-                self.timings[self.names[k]] = time.perf_counter() - start
-        return {K.PER_ATOM_ENERGY: per_atom, K.DESCRIPTORS: descriptors, K.CENTER_MASK: evaluated}
+        weights = torch.nn.functional.one_hot(expert, len(self.experts)).to(pos.dtype) * evaluated.unsqueeze(1)
+        return {K.PER_ATOM_ENERGY: per_atom, K.DESCRIPTORS: descriptors, K.CENTER_MASK: evaluated,
+                EXPERT_WEIGHTS: weights}
 
     def forward(
         self,
@@ -220,12 +247,15 @@ class MixturePotential(torch.nn.Module):
         compute_stress: bool = False,
         split: EdgeSplit | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Energy, per-atom energies, forces and optionally stress of the mixture (one backward pass).
+        """Energy, per-atom energies, forces and optionally stress and virial of the mixture (one backward pass).
 
-        Returns a dict: :data:`keys.ENERGY` ``(n_structures,)`` eV, :data:`keys.PER_ATOM_ENERGY`
-        ``(n_atoms,)`` eV, :data:`keys.FORCES` ``(n_atoms, 3)`` eV/A (if ``compute_forces``),
-        :data:`keys.STRESS` ``(n_structures, 3, 3)`` eV/A^3 (if ``compute_stress``; NaN for a zero
-        cell volume), :data:`keys.DESCRIPTORS`, :data:`keys.CENTER_MASK`.
+        The call of the :class:`~pipeline.models.contract.Potential` contract, with the mixture's own
+        input ``expert`` ``(n_atoms,)`` int. Returns a dict: :data:`keys.ENERGY` ``(n_structures,)`` eV,
+        :data:`keys.PER_ATOM_ENERGY` ``(n_atoms,)`` eV, :data:`keys.FORCES` ``(n_atoms, 3)`` eV/A (if
+        ``compute_forces``), :data:`keys.STRESS` ``(n_structures, 3, 3)`` eV/A^3 (NaN for a zero cell
+        volume) and ``virial`` ``(n_structures, 3, 3)`` eV (if ``compute_stress``),
+        :data:`keys.DESCRIPTORS`, :data:`keys.CENTER_MASK`, ``expert_weights``. ``split``: a precomputed
+        :meth:`split_edges`.
         """
         if not any(self.chunk_size(k) for k in range(len(self.experts))):
             return self._pass(batch, expert, centers, split, compute_forces=compute_forces,
@@ -298,13 +328,8 @@ class MixturePotential(torch.nn.Module):
         expert = self.check_expert(expert, pos.shape[0]).to(pos.device)
         if split is None:
             split, _ = self.split_edges(batch, expert)
-        sync = self.record_timings and pos.device.type == "cuda"
-        timings = {name: 0.0 for name in self.names}
         total: dict[str, torch.Tensor] | None = None
-        for k, mask in self.centre_chunks(expert, centers):
-            if sync:
-                torch.cuda.synchronize(pos.device)
-            start = time.perf_counter()
+        for _, mask in self.centre_chunks(expert, centers):
             out = self._pass(batch, expert, mask, split, compute_forces=compute_forces, compute_stress=compute_stress)
             out = {key: value.detach() for key, value in out.items()}
             if total is None:
@@ -312,11 +337,6 @@ class MixturePotential(torch.nn.Module):
             else:
                 for key, value in out.items():
                     total[key] = total[key] | value if value.dtype == torch.bool else total[key] + value
-            if sync:
-                torch.cuda.synchronize(pos.device)
-            timings[self.names[k]] += time.perf_counter() - start
-        if self.record_timings:
-            self.timings = timings
         if total is None:  # no centre at all: one pass gives the zeros with the right shapes
             return self._pass(batch, expert, centers, split, compute_forces=compute_forces,
                               compute_stress=compute_stress)
@@ -332,7 +352,8 @@ def expert_costs(
     """Median wall time (s) of energy + forces of each expert's own atoms alone, and of the mixture.
 
     Each expert is evaluated with ``centers`` = its atoms (forward and backward), so the times add up
-    to about the mixture's; their ratio is the per-expert share of the step time.
+    to about the mixture's; their ratio is the per-expert share of the step time. Timed around the
+    calls (CUDA synchronised before and after each), not inside the mixture.
 
     Returns
     -------

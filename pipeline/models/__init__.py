@@ -1,4 +1,4 @@
-"""Allegro experts: model, building blocks, scale/shift, checkpoints and the ASE calculator.
+"""Allegro experts: model, building blocks, scale/shift, checkpoints, the potential contract and the ASE calculator.
 
 Public names are re-exported here. Typical use::
 
@@ -15,23 +15,27 @@ Public names are re-exported here. Typical use::
     save_checkpoint("hf.pt", model)
     atoms.calc = AllegroCalculator(load_checkpoint("hf.pt", species=cfg.species, r_max=5.0))
 
-Batch keys, shapes and units: :mod:`pipeline.data.keys`.
+Batch keys, shapes and units: :mod:`pipeline.data.keys`. What every potential (an expert, a mixture)
+takes and returns: :mod:`pipeline.models.contract` (:class:`Potential`); the one ASE calculator over it:
+:class:`PotentialCalculator`.
 """
 
 from pipeline.models.allegro import AllegroModel, build_model, expert_config_from_dict
-from pipeline.models.calculator import AllegroCalculator
+from pipeline.models.calculator import AllegroCalculator, PotentialCalculator
 from pipeline.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
+from pipeline.models.contract import VIRIAL, Potential
 from pipeline.models.geometry import edge_vectors, evaluate_with_derivatives
 from pipeline.models.mlp import ACTIVATIONS, ScalarMLP, make_mlp
 from pipeline.models.moe import (
     MergedMoLE,
     MoEMLP,
     RoutingContext,
+    RoutingRecord,
     merge_moe,
     parameter_counts,
 )
@@ -49,10 +53,14 @@ __all__ = [
     "CheckpointError",
     "ChannelwiseTensorProduct",
     "PerSpeciesScaleShift",
+    "Potential",
+    "PotentialCalculator",
     "MergedMoLE",
     "MoEMLP",
     "RoutingContext",
+    "RoutingRecord",
     "ScalarMLP",
+    "VIRIAL",
     "build_model",
     "edge_vectors",
     "evaluate_with_derivatives",

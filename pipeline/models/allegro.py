@@ -47,7 +47,7 @@ from pipeline.models.geometry import (
 from pipeline.models.layers import AllegroLayer
 from pipeline.models.layout import EdgeLayout
 from pipeline.models.mlp import make_mlp
-from pipeline.models.moe import RoutingContext, moe_modules, routing_context
+from pipeline.models.moe import RoutingContext, moe_modules, routing_outputs
 from pipeline.models.radial import BesselBasis, PolynomialEnvelope
 from pipeline.models.repulsion import ZBLRepulsion
 from pipeline.models.scale_shift import PerSpeciesScaleShift
@@ -56,6 +56,10 @@ from pipeline.models.tensor_product import plan_tensor_track
 
 class AllegroModel(torch.nn.Module):
     """Allegro expert built from an :class:`~pipeline.config.ExpertConfig`.
+
+    A :class:`~pipeline.models.contract.Potential`: inputs, centre subsets and outputs (with shapes
+    and units) are those of :mod:`pipeline.models.contract`. The module keeps no state between calls
+    (MoE routing statistics are outputs), so it can be deep-copied at any time.
 
     Parameters
     ----------
@@ -137,9 +141,17 @@ class AllegroModel(torch.nn.Module):
         self.scale_shift.set(scales=scales, shifts=shifts)
 
     def edge_outputs(
-        self, vectors: torch.Tensor, species_centre: torch.Tensor, species_neighbor: torch.Tensor, layout: EdgeLayout
+        self,
+        vectors: torch.Tensor,
+        species_centre: torch.Tensor,
+        species_neighbor: torch.Tensor,
+        layout: EdgeLayout,
+        routing: RoutingContext | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Edge energies ``(n_edges,)`` (before normalisation and scale) and final edge scalars ``(n_edges, F)``."""
+        """Edge energies ``(n_edges,)`` (before normalisation and scale) and final edge scalars ``(n_edges, F)``.
+
+        ``routing``: the evaluation's context for the MoE layers (they add their records to it).
+        """
         lengths = torch.linalg.vector_norm(vectors, dim=1)  # [n_edges]
         envelope = self.envelope(lengths).unsqueeze(1)  # [n_edges, 1]
         basis = self.radial(lengths) * envelope  # [n_edges, n_basis]
@@ -148,9 +160,9 @@ class AllegroModel(torch.nn.Module):
         operator = None
         for layer in self.layers:
             scalars, operator, env_weights = layer(
-                scalars, operator, env_weights, sh, first, envelope, species_centre, layout
+                scalars, operator, env_weights, sh, first, envelope, species_centre, layout, routing
             )
-        energy = self.readout(scalars, species_centre).squeeze(1) * envelope.squeeze(1)  # [n_edges]
+        energy = self.readout(scalars, species_centre, routing).squeeze(1) * envelope.squeeze(1)  # [n_edges]
         return energy, scalars
 
     def atomic_outputs(
@@ -177,7 +189,8 @@ class AllegroModel(torch.nn.Module):
         Returns
         -------
         dict with :data:`keys.PER_ATOM_ENERGY` ``(n_atoms,)`` (0 for non-centres),
-        :data:`keys.DESCRIPTORS` ``(n_atoms, F)`` and :data:`keys.CENTER_MASK` ``(n_atoms,)``.
+        :data:`keys.DESCRIPTORS` ``(n_atoms, F)`` and :data:`keys.CENTER_MASK` ``(n_atoms,)``; with MoE
+        layers also this evaluation's routing (:func:`pipeline.models.moe.routing_outputs`).
         """
         dtype = self.dtype
         pos = batch[K.POSITIONS].to(dtype) if positions is None else positions
@@ -206,15 +219,13 @@ class AllegroModel(torch.nn.Module):
             centre, n_centres = compact.index_select(0, edge_index[0]), int(centre_atoms.numel())
         layout = EdgeLayout(centre, n_centres=n_centres)
         n_scalar = self.config.num_scalar_features
+        routing = None
         if layout.n_edges > 0:
             species_centre = species.index_select(0, edge_index[0])
             species_neighbor = species.index_select(0, edge_index[1])
             if self.moe_layers:
-                ctx = self._routing_context(batch, species, layout, centre_atoms)
-                with routing_context(self.moe_layers, ctx):
-                    edge_energy, scalars = self.edge_outputs(vectors, species_centre, species_neighbor, layout)
-            else:
-                edge_energy, scalars = self.edge_outputs(vectors, species_centre, species_neighbor, layout)
+                routing = self._routing_context(batch, species, layout, centre_atoms)
+            edge_energy, scalars = self.edge_outputs(vectors, species_centre, species_neighbor, layout, routing)
             energy = layout.sum_to_centres(edge_energy.unsqueeze(1)).squeeze(1) * self.edge_norm  # [n_centres]
             descriptors = layout.sum_to_centres(scalars) * self.edge_norm  # [n_centres, F]
         else:
@@ -232,7 +243,7 @@ class AllegroModel(torch.nn.Module):
             full_mask = torch.ones(n_atoms, dtype=torch.bool, device=pos.device)
         out = {K.PER_ATOM_ENERGY: energy, K.DESCRIPTORS: descriptors, K.CENTER_MASK: full_mask}
         if self.moe_layers:
-            out.update(self._routing_outputs(energy))
+            out.update(routing_outputs(self.moe_layers, routing, energy, len(self.species)))
         return out
 
     def _routing_context(
@@ -249,19 +260,6 @@ class AllegroModel(torch.nn.Module):
         return RoutingContext(centre=layout.centre, n_centres=layout.n_centres, centre_species=species,
                               centre_structure=structure, composition=composition, edge_norm=float(self.edge_norm))
 
-    def _routing_outputs(self, energy: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Balance loss (sum over MoE layers) and expert load per layer, species and expert."""
-        n_species = len(self.species)
-        balance = energy.new_zeros(())
-        loads = []
-        for m in self.moe_layers:
-            if m.last_balance is not None:
-                balance = balance + m.last_balance
-                m.last_balance = None  # a non-leaf tensor kept on a module would block deepcopy (EMA, merging)
-            loads.append(m.last_load if m.last_load is not None
-                         else torch.zeros(n_species, m.num_experts, dtype=torch.float64))
-        return {K.MOE_BALANCE_LOSS: balance, K.MOE_LOAD: torch.stack(loads)}
-
     def forward(
         self,
         batch: dict[str, torch.Tensor],
@@ -271,14 +269,16 @@ class AllegroModel(torch.nn.Module):
         compute_stress: bool = False,
         create_graph: bool | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Energies (total and per atom), forces, optionally stress, and per-atom descriptors.
+        """Energies (total and per atom), forces, optionally stress and virial, and per-atom descriptors.
 
-        Returns a new dict: :data:`keys.ENERGY` ``(n_structures,)`` eV, :data:`keys.PER_ATOM_ENERGY`
-        ``(n_atoms,)``, :data:`keys.FORCES` ``(n_atoms, 3)`` eV/A (if ``compute_forces``),
-        :data:`keys.STRESS` ``(n_structures, 3, 3)`` eV/A^3 (if ``compute_stress``),
-        :data:`keys.DESCRIPTORS` ``(n_atoms, F)``, :data:`keys.CENTER_MASK`. With ``centers``, energies
-        are those of the centre atoms only and forces/stress their derivatives.
-        ``create_graph`` (default: ``self.training``) keeps the derivative graph for training.
+        The call of the :class:`~pipeline.models.contract.Potential` contract. Returns a new dict:
+        :data:`keys.ENERGY` ``(n_structures,)`` eV, :data:`keys.PER_ATOM_ENERGY` ``(n_atoms,)``,
+        :data:`keys.FORCES` ``(n_atoms, 3)`` eV/A (if ``compute_forces``), :data:`keys.STRESS`
+        ``(n_structures, 3, 3)`` eV/A^3 and ``virial`` ``(n_structures, 3, 3)`` eV (if
+        ``compute_stress``), :data:`keys.DESCRIPTORS` ``(n_atoms, F)``, :data:`keys.CENTER_MASK`, and
+        the routing outputs of MoE layers. With ``centers``, energies are those of the centre atoms only
+        and forces/stress their derivatives. ``create_graph`` (default: ``self.training``) keeps the
+        derivative graph for training.
         """
         return evaluate_with_derivatives(
             lambda pos, strain: self.atomic_outputs(batch, positions=pos, strain=strain, centers=centers),

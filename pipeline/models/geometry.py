@@ -2,7 +2,8 @@
 
 Edge vectors are computed from positions, integer cell shifts and the cell, so that autograd
 through them gives forces (d/d positions) and, with a symmetric strain ``eps`` applied to every
-edge vector (``r -> r (1 + eps)``), the stress ``(1/V) dE/d(eps)`` (ASE sign, eV/A^3).
+edge vector (``r -> r (1 + eps)``), the virial ``W = -dE/d(eps)`` (eV) and the stress
+``(1/V) dE/d(eps) = -W / V`` (ASE sign, eV/A^3).
 :func:`evaluate_with_derivatives` wraps any function from (positions, strain) to per-atom energies,
 so a mixture of experts can reuse it with one backward pass through all experts.
 """
@@ -15,6 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from pipeline.data import keys as K
+from pipeline.models.contract import VIRIAL
 
 
 def centre_mask(
@@ -103,9 +105,10 @@ def evaluate_with_derivatives(
 
     ``atomic_outputs(positions, strain)`` must return a dict with :data:`keys.PER_ATOM_ENERGY`
     ``(n_atoms,)``; its entries are passed through. Adds :data:`keys.ENERGY` ``(n_structures,)``,
-    and :data:`keys.FORCES` ``(n_atoms, 3)`` / :data:`keys.STRESS` ``(n_structures, 3, 3)`` when
-    asked (stress NaN for a structure of zero cell volume). ``create_graph=True`` keeps the graph
-    of the derivatives for training on forces and stress.
+    and :data:`keys.FORCES` ``(n_atoms, 3)`` when asked, :data:`keys.STRESS` and
+    :data:`~pipeline.models.contract.VIRIAL` ``(n_structures, 3, 3)`` with ``compute_stress`` (stress
+    NaN for a structure of zero cell volume; the virial is finite for any cell).
+    ``create_graph=True`` keeps the graph of the derivatives for training on forces and stress.
     """
     n_structures = int(batch[K.CELL].shape[0])
     need_grad = compute_forces or compute_stress
@@ -126,9 +129,10 @@ def evaluate_with_derivatives(
             if compute_forces:
                 out[K.FORCES] = -grads[0] if grads[0] is not None else torch.zeros_like(positions)
             if compute_stress:
-                virial = grads[-1] if grads[-1] is not None else torch.zeros_like(strain)
+                de_dstrain = grads[-1] if grads[-1] is not None else torch.zeros_like(strain)  # [n_structures, 3, 3]
                 volume = torch.linalg.det(batch[K.CELL].to(dtype)).abs()  # [n_structures]
                 safe = torch.where(volume > 0, volume, torch.ones_like(volume))
-                stress = virial / safe[:, None, None]
+                stress = de_dstrain / safe[:, None, None]
                 out[K.STRESS] = torch.where((volume > 0)[:, None, None], stress, torch.full_like(stress, float("nan")))
+                out[VIRIAL] = -de_dstrain
     return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from e3nn import o3
@@ -33,6 +34,9 @@ from pipeline.models.embedding import FactorisedTensor
 from pipeline.models.layout import EdgeLayout
 from pipeline.models.mlp import make_mlp
 from pipeline.models.tensor_product import ChannelwiseTensorProduct
+
+if TYPE_CHECKING:
+    from pipeline.models.moe import RoutingContext
 
 
 class AllegroLayer(torch.nn.Module):
@@ -67,7 +71,8 @@ class AllegroLayer(torch.nn.Module):
     layers' per-centre maps, ``None`` in the first layer) ``(n_centres, U, first_dim, irreps_in.dim)``;
     ``env_weights`` ``(n_edges, U * len(irreps_env))``; ``sh`` ``(n_centres, K, irreps_env.dim)``;
     ``first`` the first tensor features (:class:`FactorisedTensor`);
-    ``envelope`` ``(n_edges, 1)``; ``species_centre`` ``(n_edges,)``. Returns the updated scalars,
+    ``envelope`` ``(n_edges, 1)``; ``species_centre`` ``(n_edges,)``; ``routing`` the evaluation's
+    :class:`~pipeline.models.moe.RoutingContext` (``None`` for a dense model). Returns the updated scalars,
     the operator product ``(n_centres, U, first_dim, irreps_out.dim)`` and the next environment
     weights (``None`` when ``next_env`` is False).
     """
@@ -132,12 +137,14 @@ class AllegroLayer(torch.nn.Module):
         envelope: torch.Tensor,
         species_centre: torch.Tensor,
         layout: EdgeLayout,
+        routing: RoutingContext | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         env = self.environment(env_weights, sh, layout)  # [n_centres, U, env_dim]
         step = self.tp.centre_operator(env)  # [n_centres, U, in_dim, out_dim]
         operator = step if operator is None else torch.matmul(operator, step)  # [n_centres, U, first_dim, out_dim]
         tp_scalars = layout.from_padded(first.contract(operator[..., 0]))  # [n_edges, U]
-        h = self.latent(torch.cat([scalars, tp_scalars], dim=1), species_centre) * envelope  # [n_edges, F + next env]
+        h = self.latent(torch.cat([scalars, tp_scalars], dim=1), species_centre, routing)
+        h = h * envelope  # [n_edges, F + next env]
         if self.n_next_env:
             update, next_env = torch.split(h, [self.num_scalar_features, self.n_next_env], dim=1)
         else:

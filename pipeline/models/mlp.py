@@ -1,10 +1,11 @@
 """The one factory for the scalar MLPs of the Allegro expert.
 
 Every scalar MLP of the model (two-body embedding, projections, latent MLPs, readout) is built by
-:func:`make_mlp`, and every MLP is called as ``mlp(x, species)``, where ``species`` is the species
-index of each row's centre atom. The dense :class:`ScalarMLP` ignores ``species``; it is there so
-that a mixture-of-experts MLP routed by element can replace the dense one here, in one place,
-without touching the model.
+:func:`make_mlp`, and every MLP is called as ``mlp(x, species)`` or ``mlp(x, species, routing)``,
+where ``species`` is the species index of each row's centre atom and ``routing`` the evaluation's
+:class:`~pipeline.models.moe.RoutingContext` (or ``None``). The dense :class:`ScalarMLP` ignores both;
+they are there so that a mixture-of-experts MLP can replace the dense one here, in one place, without
+touching the model.
 
 >>> import torch
 >>> mlp = make_mlp(4, 2, hidden=(8,), activation="silu", num_species=3)
@@ -45,7 +46,7 @@ class ScalarMLP(torch.nn.Module):
     activation : str
         A key of :data:`ACTIVATIONS`.
 
-    Shapes: ``x`` ``(n, in_dim)``, ``species`` ``(n,)`` (unused) -> ``(n, out_dim)``.
+    Shapes: ``x`` ``(n, in_dim)``, ``species`` ``(n,)`` (unused; so is ``routing``) -> ``(n, out_dim)``.
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, hidden: Sequence[int], activation: str) -> None:
@@ -63,7 +64,7 @@ class ScalarMLP(torch.nn.Module):
         self.act = ACTIVATIONS[activation]()
         self.in_dim, self.out_dim = dims[0], dims[-1]
 
-    def forward(self, x: torch.Tensor, species: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, species: torch.Tensor | None = None, routing: object = None) -> torch.Tensor:
         last = len(self.weights) - 1
         for layer, weight in enumerate(self.weights):
             x = torch.nn.functional.linear(x, weight)  # [n, dims[layer + 1]]

@@ -29,13 +29,17 @@ Router inputs (``MoEConfig.router``):
   switching points** (``tests/test_moe_layer.py`` measures such a jump); use it only for studies.
 
 Per-atom routing needs the centre index of each row, the atoms' species and structures: the model
-sets a :class:`RoutingContext` on its MoE modules (:func:`routing_context`) around each evaluation.
-Without a context, rows are routed by the ``species`` argument alone (element routing only).
+builds one :class:`RoutingContext` per evaluation and passes it to its MLPs (``mlp(x, species,
+routing)``). Without a context, rows are routed by the ``species`` argument alone (element routing
+only) and nothing is recorded.
 
-Each call records ``last_balance`` (the load-balancing loss of Switch Transformers,
+Routing statistics are outputs, not module state: each call of a :class:`MoEMLP` with a context adds
+a :class:`RoutingRecord` to it, ``balance`` (the load-balancing loss of Switch Transformers,
 ``N * sum_e f_e P_e`` with f_e the fraction of top-k slots given to expert e and P_e its mean router
-probability over centre atoms; 1 when balanced) and ``last_load`` ``(n_species, N)``, the number of
-centre atoms of each species routed to each expert.
+probability over centre atoms; 1 when balanced) and ``load`` ``(n_species, N)``, the number of
+centre atoms of each species routed to each expert. The model returns them in its output dict
+(:func:`routing_outputs`; keys in :mod:`pipeline.models.contract`), so the modules keep nothing
+between calls and can be deep-copied at any time.
 
 >>> import torch
 >>> from pipeline.config import MoEConfig
@@ -48,13 +52,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from pipeline.config import MoEConfig
+from pipeline.data import keys as K
+from pipeline.models.contract import MOE_LAYER_BALANCE
 from pipeline.models.mlp import ACTIVATIONS, ScalarMLP
 
 ROUTERS = ("element", "configuration", "atom")
@@ -80,6 +85,8 @@ class RoutingContext:
         Fraction of each species among *all* atoms of each structure.
     edge_norm : float
         Factor of the sum over a centre's rows used as the ``atom`` router's input.
+    records : dict[MoEMLP, RoutingRecord]
+        Filled during the evaluation: the routing of every MoE layer called with this context.
     """
 
     centre: torch.Tensor
@@ -88,6 +95,23 @@ class RoutingContext:
     centre_structure: torch.Tensor
     composition: torch.Tensor
     edge_norm: float = 1.0
+    records: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoutingRecord:
+    """The routing of one MoE layer in one evaluation.
+
+    Attributes
+    ----------
+    balance : 0-d tensor
+        Load-balancing loss ``N * sum_e f_e P_e`` (differentiable in the router's parameters).
+    load : (n_species, N) float64 tensor, CPU
+        Centre atoms of each species routed to each expert (top-k slots).
+    """
+
+    balance: torch.Tensor
+    load: torch.Tensor
 
 
 def _widths(hidden: Sequence[int], factor: float) -> tuple[int, ...]:
@@ -163,7 +187,7 @@ class Router(torch.nn.Module):
         """Logits ``(G, N)``, group of each token ``(n_tokens,)``, species of each token, group of each row."""
         if ctx is None:
             if self.mode != "element":
-                raise ValueError(f"the {self.mode!r} router needs a RoutingContext (set by the model)")
+                raise ValueError(f"the {self.mode!r} router needs a RoutingContext (passed by the model)")
             return self.proj(self.embedding), species, species, species
         if self.mode == "element":
             token_group = ctx.centre_species
@@ -195,6 +219,8 @@ class MoEMLP(torch.nn.Module):
         Experts, top-k, shared experts, router and expert type.
 
     Shapes: ``x`` ``(n, in_dim)``, ``species`` ``(n,)`` (centre species of each row) -> ``(n, out_dim)``.
+    With a ``routing`` context (:class:`RoutingContext`), rows are routed per centre atom and the call's
+    :class:`RoutingRecord` is added to ``routing.records``; the module itself keeps no state.
     """
 
     def __init__(
@@ -221,9 +247,6 @@ class MoEMLP(torch.nn.Module):
         self.router = Router(mode=moe.router, in_dim=in_dim, num_species=num_species,
                              num_experts=self.num_experts, embedding_dim=moe.router_embedding_dim)
         self.out_scale = 1.0 / math.sqrt(min(moe.num_shared, 1) + 1)
-        self.context: RoutingContext | None = None
-        self.last_balance: torch.Tensor | None = None
-        self.last_load: torch.Tensor | None = None
 
     # -- routing ----------------------------------------------------------------------------
     def gates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -239,18 +262,19 @@ class MoEMLP(torch.nn.Module):
         with torch.no_grad():
             return torch.softmax(self.router.proj(self.router.embedding), dim=-1)
 
-    def _record(self, probs, index, token_group, token_species) -> None:
+    def routing_record(self, probs, index, token_group, token_species) -> RoutingRecord:
+        """Balance loss and expert load of the tokens (centre atoms) of one call."""
         n_tokens = token_group.shape[0]
         p_tok = probs.index_select(0, token_group)  # [n_tokens, N]
         i_tok = index.index_select(0, token_group)  # [n_tokens, k]
         slots = torch.zeros_like(p_tok).scatter_(1, i_tok, 1.0)  # [n_tokens, N] 1 where routed
         if n_tokens:
             frac = slots.sum(0) / (n_tokens * self.top_k)
-            self.last_balance = self.num_experts * (frac.detach() * p_tok.mean(0)).sum()
+            balance = self.num_experts * (frac.detach() * p_tok.mean(0)).sum()
         else:
-            self.last_balance = probs.sum() * 0.0
+            balance = probs.sum() * 0.0
         load = slots.new_zeros(self.num_species, self.num_experts).index_add(0, token_species, slots)
-        self.last_load = load.detach().to(torch.float64).cpu()
+        return RoutingRecord(balance=balance, load=load.detach().to(torch.float64).cpu())
 
     # -- experts ----------------------------------------------------------------------------
     def _routed_sparse(self, x: torch.Tensor, index: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -281,12 +305,15 @@ class MoEMLP(torch.nn.Module):
         dense = gate.new_zeros(index.shape[0], self.num_experts).scatter(1, index, gate)  # [G, N]
         return [torch.einsum("gn,noi->goi", dense, w) for w in self.experts]
 
-    def forward(self, x: torch.Tensor, species: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, species: torch.Tensor | None = None, routing: RoutingContext | None = None
+    ) -> torch.Tensor:
         if species is None:
             raise ValueError("MoEMLP needs the centre species of each row")
-        logits, token_group, token_species, row_group = self.router(x, species, self.context)
+        logits, token_group, token_species, row_group = self.router(x, species, routing)
         probs, index, gate = self.gates(logits)
-        self._record(probs, index, token_group, token_species)
+        if routing is not None:
+            routing.records[self] = self.routing_record(probs, index, token_group, token_species)
         if self.moe.expert_type == "linear":
             routed = grouped_mlp(x, self.mixed_weights(index, gate), row_group, self.act)
         else:
@@ -327,7 +354,9 @@ class MergedMoLE(torch.nn.Module):
         self.out_scale = source.out_scale
         self.dims = source.dims
 
-    def forward(self, x: torch.Tensor, species: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, species: torch.Tensor | None = None, routing: RoutingContext | None = None
+    ) -> torch.Tensor:
         out = grouped_mlp(x, list(self.weights), species, self.act)
         for expert in self.shared:
             out = out + expert(x)
@@ -358,13 +387,28 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     return total - inactive, total
 
 
-@contextmanager
-def routing_context(modules: Sequence[MoEMLP], ctx: RoutingContext) -> Iterator[None]:
-    """Set ``ctx`` on ``modules`` (and clear their last statistics) for the duration of the block."""
-    for m in modules:
-        m.context, m.last_balance, m.last_load = ctx, None, None
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.context = None
+def routing_outputs(
+    layers: Sequence[torch.nn.Module], ctx: RoutingContext | None, reference: torch.Tensor, num_species: int
+) -> dict[str, torch.Tensor]:
+    """The routing outputs of one evaluation from its context (keys of :mod:`pipeline.models.contract`).
+
+    ``layers`` are the model's MoE layers in module order; a layer that was not called (no edges, no
+    context) gets a zero balance and a zero load. ``reference`` gives the dtype and device of the
+    balance loss.
+
+    Returns
+    -------
+    dict with :data:`keys.MOE_BALANCE_LOSS` ``()`` (sum over layers), ``moe_layer_balance``
+    ``(n_layers,)`` and :data:`keys.MOE_LOAD` ``(n_layers, n_species, N)`` float64 on the CPU.
+    """
+    records = ctx.records if ctx is not None else {}
+    balance = reference.new_zeros(())
+    per_layer, loads = [], []
+    for m in layers:
+        record = records.get(m)
+        if record is not None:
+            balance = balance + record.balance
+        per_layer.append(record.balance if record is not None else reference.new_zeros(()))
+        loads.append(record.load if record is not None
+                     else torch.zeros(num_species, m.num_experts, dtype=torch.float64))
+    return {K.MOE_BALANCE_LOSS: balance, MOE_LAYER_BALANCE: torch.stack(per_layer), K.MOE_LOAD: torch.stack(loads)}

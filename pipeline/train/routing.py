@@ -1,9 +1,11 @@
 """Mixture-of-experts bookkeeping for training: the load-balancing loss and routing statistics.
 
-Models with MoE layers (:mod:`pipeline.models.moe`) return :data:`keys.MOE_BALANCE_LOSS` (a 0-d
-tensor, the sum over their MoE layers) and :data:`keys.MOE_LOAD` ``(n_layers, n_species, N)`` (centre
-atoms of each species routed to each expert). Dense models return neither, so nothing here changes
-their training. :class:`RoutingStats` sums the loads of an epoch and turns them into metrics columns
+Everything here reads a model's output dict, never its modules: models with MoE layers
+(:mod:`pipeline.models.moe`) return the routing of each evaluation as outputs
+(:mod:`pipeline.models.contract`): :data:`keys.MOE_BALANCE_LOSS` (a 0-d tensor, the sum over their MoE
+layers), ``moe_layer_balance`` ``(n_layers,)`` (its terms) and :data:`keys.MOE_LOAD`
+``(n_layers, n_species, N)`` (centre atoms of each species routed to each expert). The modules keep no
+routing state between calls. Dense models return none of these, so nothing here changes their training. :class:`RoutingStats` sums the loads of an epoch and turns them into metrics columns
 ``routing_<model>_<layer>_<species>_e<j>``: the fraction of that species' top-k slots given to
 expert j in that layer (each row over j sums to 1).
 
@@ -31,7 +33,8 @@ def balance_loss(outputs: Mapping[str, Mapping[str, torch.Tensor]]) -> torch.Ten
 
 
 def layer_names(model: torch.nn.Module) -> list[str]:
-    """Short names of a model's MoE layers (``layers.0.latent`` -> ``latent0``, ``readout``)."""
+    """Short names of a model's MoE layers (``layers.0.latent`` -> ``latent0``, ``readout``), in the order of
+    the first axis of :data:`keys.MOE_LOAD`."""
     names = []
     for name, _ in moe_modules(model):
         parts = name.split(".")
@@ -40,12 +43,13 @@ def layer_names(model: torch.nn.Module) -> list[str]:
 
 
 class RoutingStats:
-    """Sums of :data:`keys.MOE_LOAD` per model name over an epoch."""
+    """Sums of :data:`keys.MOE_LOAD` per model name over an epoch, read from the models' outputs."""
 
     def __init__(self) -> None:
         self.loads: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, output: Mapping[str, torch.Tensor]) -> None:
+        """Add the expert load of one output dict of model ``name`` (nothing for a dense model)."""
         if K.MOE_LOAD not in output:
             return
         load = output[K.MOE_LOAD].detach().to(torch.float64).cpu()
