@@ -1,6 +1,6 @@
 """Shared pieces of the active-learning tests: a tiny configuration and a tiny trained HF committee.
 
-The committee members are the tiny experts of :mod:`pipeline.train.testing` trained for a few epochs on the
+The committee members are the tiny experts of :mod:`train_support` trained for a few epochs on the
 EMT-labelled tiny set (NOT DFT) with different seeds, as the loop trains its committee; the LF is the
 co-trained LF of the first seed.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.config import Config, config_from_dict
 from pipeline.train import run_training
-from pipeline.train.testing import tiny_config, write_tiny_dataset
+from train_support import tiny_config, write_tiny_dataset
 
 SEEDS = (0, 1, 2)
 

@@ -8,7 +8,7 @@ import torch
 
 from pipeline.config import Config, config_from_dict
 from pipeline.models import build_model, save_checkpoint
-from pipeline.train.testing import TINY_EXPERT
+from train_support import TINY_EXPERT
 
 SPECIES = ("Pt", "C", "O")
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import ase.io
 import pytest
+from ingest_structures import family_frames  # tests/ is on the path (pyproject: pythonpath)
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ingest_structures.py, tests/dft_texts.py
-
-from ingest_structures import family_frames  # noqa: E402
-
-from pipeline.config import config_from_dict  # noqa: E402
+from pipeline.config import config_from_dict
 
 
 @pytest.fixture

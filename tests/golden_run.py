@@ -61,7 +61,7 @@ def golden_numbers(workdir: str | Path) -> dict[str, float]:
     from pipeline.models import read_checkpoint
     from pipeline.train import run_training
     from pipeline.train.moe_study import train_variant
-    from pipeline.train.testing import tiny_config, write_tiny_dataset
+    from train_support import tiny_config, write_tiny_dataset
 
     torch.set_num_threads(1)
     workdir = Path(workdir)

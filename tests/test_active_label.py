@@ -21,7 +21,7 @@ from pipeline.cli import main
 from pipeline.config import ActiveExploreConfig, config_from_dict
 from pipeline.data import labelling
 from pipeline.data.ingest import ingest, write_ingest_outputs
-from pipeline.train.testing import tiny_frames
+from train_support import tiny_frames
 
 
 class Killed(BaseException):

@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.md.calculator import MixtureCalculator
 from pipeline.md.potential import MixturePotential
 from pipeline.models import load_checkpoint
-from pipeline.train.testing import tiny_frames, write_tiny_dataset
+from train_support import tiny_frames, write_tiny_dataset
 
 
 def test_error_stats():

@@ -14,7 +14,7 @@ from pipeline.analysis.learning import late_change, learning_table
 from pipeline.analysis.robustness import COLUMNS, CRITERIA, failed_criteria, meets, robustness_table
 from pipeline.cli import main
 from pipeline.train import run_training
-from pipeline.train.testing import tiny_config, write_tiny_dataset
+from train_support import tiny_config, write_tiny_dataset
 
 
 def test_criteria_and_mean_std_rows():

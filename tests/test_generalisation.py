@@ -23,7 +23,7 @@ from pipeline.data.splits import group_of, training_subset
 from pipeline.models import read_checkpoint
 from pipeline.train import run_training
 from pipeline.train.data import read_splits
-from pipeline.train.testing import tiny_config, write_tiny_dataset
+from train_support import tiny_config, write_tiny_dataset
 
 INFO_KEYS = ("family", "group", "config_type", "structure_id", "generalisation_kind", "sample_index")
 # cheap kinds for the model tests (EMT labels, tiny experts)

@@ -105,7 +105,7 @@ def test_cotraining_loop_adds_balance_loss_and_logs_routing_with_moe_experts(tmp
 
     from pipeline.config import MoEConfig
     from pipeline.train import run_training
-    from pipeline.train.testing import tiny_config, write_tiny_dataset
+    from train_support import tiny_config, write_tiny_dataset
 
     dataset = write_tiny_dataset(tmp_path / "data")
     base = tiny_config(max_epochs=2)

@@ -22,7 +22,7 @@ from pipeline.train.cells import bulk_cells, interface_atoms, slab_cells
 from pipeline.train.data import make_batch, prepare_samples, read_splits
 from pipeline.train.losses import mixture_terms
 from pipeline.train.pair import cell_outputs, cell_terms
-from pipeline.train.testing import TINY_EXPERT, tiny_config, tiny_frames, write_tiny_dataset
+from train_support import TINY_EXPERT, tiny_config, tiny_frames, write_tiny_dataset
 
 SPECIES = ("Pt", "C", "O")
 CELL_ARGS = dict(lattice_a=3.95, repeat=(1, 1, 4), volume_range=0.08, uniaxial_max=0.03, shear_max=0.03,

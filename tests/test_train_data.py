@@ -21,7 +21,7 @@ from pipeline.train.data import (
     reference_lattice_constant,
     shard,
 )
-from pipeline.train.testing import tiny_frames, write_tiny_dataset
+from train_support import tiny_frames, write_tiny_dataset
 
 SPECIES = ("Pt", "C", "O")
 

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.models import build_model, read_checkpoint
 from pipeline.train import run_training
-from pipeline.train.testing import tiny_config, write_tiny_dataset
+from train_support import tiny_config, write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from pipeline.models import read_checkpoint
 from pipeline.train import NonFiniteLossError, TrainingStateError, run_training
 from pipeline.train.data import batch_order
 from pipeline.train.state import state_path
-from pipeline.train.testing import tiny_config, write_tiny_dataset
+from train_support import tiny_config, write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

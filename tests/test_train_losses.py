@@ -22,7 +22,7 @@ from pipeline.train.losses import (
     weighted_total,
 )
 from pipeline.train.pair import Experts, batch_terms
-from pipeline.train.testing import TINY_EXPERT, tiny_config
+from train_support import TINY_EXPERT, tiny_config
 
 torch.set_num_threads(1)
 SPECIES = ("Pt", "C", "O")

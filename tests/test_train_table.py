@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline.analysis.cotraining import COLUMNS
 from pipeline.cli import main
-from pipeline.train.testing import tiny_config, write_tiny_dataset
+from train_support import tiny_config, write_tiny_dataset
 
 REQUIRED = (
     "pair",
