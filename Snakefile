@@ -1,5 +1,5 @@
 # Multi-fidelity mixture-of-experts MLIP pipeline (Pt(111)+CO).
-# The configuration is validated against workflow/schemas/config.schema.yaml before any job runs.
+# The configuration is validated against pipeline/config.schema.yaml (defaults filled) before any job runs.
 
 
 configfile: "config/config.yaml"

@@ -12,6 +12,8 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import write
 
+from pipeline.config import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +38,8 @@ def emt_workdir(tmp_path: Path, configure: Callable[[dict], None] | None = None)
     (tmp_path / "data").mkdir()
     write(tmp_path / "data" / "emt.extxyz", frames)
     (tmp_path / "config").mkdir()
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    # the repository's configuration with every default filled in, so that ``configure`` can edit any key
+    config = load_config(REPO / "config" / "config.yaml", check_files=False).to_dict()
     config["data"]["paths"] = ["data/emt.extxyz"]
     if configure is not None:
         configure(config)

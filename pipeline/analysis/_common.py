@@ -17,11 +17,12 @@ from ase import Atoms
 
 from pipeline.atomic import write_atomic
 from pipeline.data.neighbors import collate
-from pipeline.md.partition import EXPERTS
 from pipeline.md.potential import MixturePotential
 from pipeline.models import AllegroModel, load_checkpoint
+from pipeline.names import EXPERTS, REPORT_PAIRS
 
-PAIRS = ("independent", "cotrained")
+#: The pairs in the row order of the report tables (the baseline first).
+PAIRS = REPORT_PAIRS
 
 
 def write_table(

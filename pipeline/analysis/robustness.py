@@ -37,8 +37,10 @@ import pandas as pd
 
 from pipeline.analysis._common import write_table
 from pipeline.config import Config
+from pipeline.names import TRAIN_PAIRS
 
-PAIRS = ("cotrained", "independent")
+#: The pairs of a seed, in the order of the cotraining rows of a robustness row.
+PAIRS = TRAIN_PAIRS
 COLUMNS = ("seed", "bulk_force_disagreement_cut", "lf_force_mae_change_percent", "b0_lf_cotrained_vs_hf_percent",
            "b0_lf_independent_vs_hf_percent", "interface_ratio_perfect", "moe_vs_hf_force_mae_ratio",
            "lf_atoms_force_disagreement_cut", "near_eq_bulk_force_disagreement_cut",

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.analysis._common import write_atomic
+from pipeline.config import Config
 
 # The paper's claims (qualitative, from the multi-fidelity MoE paper; see DESIGN.md section 1).
 CLAIMS = {
@@ -237,6 +238,22 @@ LINES = {
     "speed": speed_line,
     "robustness": robustness_line,
 }
+
+
+def run_notes(cfg: Config) -> list[str]:
+    """The notes under the summary table that describe the run: where the DFT data came from, the
+    precisions, the reference pair, and what the LF experts never saw when trained on bulk atoms only."""
+    data = ", ".join(cfg.data.paths) if cfg.data.source == "files" else "labelled by the pipeline"
+    notes = [f"DFT data: {data}; MD precision {cfg.md.dtype}, analysis precision {cfg.analysis.dtype}, speed precision "
+             f"{cfg.analysis.speed.dtype}; full-HF/full-LF references use the {cfg.md.reference_pair} pair."]
+    if cfg.train.lf_data == "bulk_atoms":
+        lf_run = ("the full-LF MD run leaves the adsorbates out (md.full_lf_without_adsorbates)"
+                  if getattr(cfg.md, "full_lf_without_adsorbates", False)
+                  else "the full-LF MD run (with CO) is extrapolation")
+        notes.append("The LF experts were trained on bulk Pt atoms only (train.lf_data: bulk_atoms): they have never "
+                     f"seen C or O; {lf_run}, and the LF rows of the accuracy table on adsorbate/surface atoms are "
+                     "extrapolation.")
+    return notes
 
 
 def summary_page(tables: Mapping[str, str | Path | None], *, notes: list[str] | None = None) -> str:

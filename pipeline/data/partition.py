@@ -31,8 +31,8 @@ from pipeline.data.regions import (
     label_regions,
     substrate_mask,
 )
+from pipeline.names import EXPERTS
 
-EXPERTS = ("hf", "lf")
 HF, LF = 0, 1
 
 

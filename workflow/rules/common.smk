@@ -6,15 +6,17 @@ import shlex
 from pathlib import Path
 
 from snakemake.logging import logger
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from pipeline.config import ConfigError, config_from_dict
+from pipeline import names
+from pipeline.config import ConfigError, config_from_dict, validate_config_dict
 
 min_version("9.0")
 
 
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 try:
+    # the package's schema (pipeline/config.schema.yaml) validates and fills every default, as for the CLI
+    config.update(validate_config_dict(config))
     CFG = config_from_dict(config, check_files=True)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
@@ -40,8 +42,9 @@ def stage_config(*sections):
 
 # --- trained experts (workflow/rules/train.smk) ---
 
-# The pairs (pipeline.train.PAIRS; not imported here to keep torch out of DAG building).
-TRAIN_PAIRS = ["cotrained", "independent"]
+# The pairs and experts (pipeline.names: shared with the package, imports no torch), as lists for the rules.
+TRAIN_PAIRS = list(names.TRAIN_PAIRS)
+EXPERTS = list(names.EXPERTS)
 SYMMETRIC = CFG.train.agreement_mode == "symmetric"
 
 
@@ -54,7 +57,7 @@ def expert_checkpoint(expert, pair, seed=CFG.seed):
 
 def pair_checkpoints(pair, seed=CFG.seed):
     """``{"hf": path, "lf": path}`` of one pair."""
-    return {expert: expert_checkpoint(expert, pair, seed) for expert in ("hf", "lf")}
+    return {expert: expert_checkpoint(expert, pair, seed) for expert in EXPERTS}
 
 
 def training_metrics(seed=CFG.seed):

@@ -15,11 +15,11 @@
 
 # The runs (the analysis reads these names) and the expert checkpoints of each: moe_<pair> = both experts
 # of <pair>; hf / lf = that expert of md.reference_pair on every atom.
-MD_RUNS = ["hf", "lf", "moe_independent", "moe_cotrained"]
+MD_RUNS = list(names.MD_RUNS)
 MD_CHECKPOINTS = {
     "hf": {"hf": expert_checkpoint("hf", CFG.md.reference_pair)},
     "lf": {"lf": expert_checkpoint("lf", CFG.md.reference_pair)},
-    **{f"moe_{pair}": pair_checkpoints(pair) for pair in TRAIN_PAIRS},
+    **{names.moe_run(pair): pair_checkpoints(pair) for pair in TRAIN_PAIRS},
 }
 
 

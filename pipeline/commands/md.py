@@ -1,0 +1,67 @@
+"""Molecular dynamics: ``md-system``, ``md`` (workflow/rules/md.smk)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.commands._common import Command, add_config_args, config_from_args
+from pipeline.config import ConfigError
+
+
+class MdSystem(Command):
+    name = "md-system"
+    short_description = "build the MD production cell (Pt(111) slab + CO) and its static HF/LF partition"
+    description = (
+        "Builds the Pt(111)+CO cell of md.system, assigns every atom to the HF or LF expert by the rule "
+        "of md.partition, and writes the cell with its per-atom 'expert' array (extxyz) and a picture "
+        "of the partition (PNG, side and top views)."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--cell", required=True, help="output: cell with the partition, extxyz")
+        parser.add_argument("--png", required=True, help="output: picture of the partition, PNG")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.md.stage import build_md_system
+
+        build_md_system(config_from_args(args), cell=args.cell, png=args.png)
+
+
+class Md(Command):
+    name = "md"
+    short_description = "LAMMPS MD of the production cell with one expert or the HF/LF mixture; resumable"
+    description = (
+        "Runs LAMMPS (fix external callback into the torch potential) on the cell of md-system: the "
+        "mixture when both --hf and --lf are given (partition from the cell file), else the one expert "
+        "on every atom. Langevin NVT equilibration (md.run.equilibration_steps at md.run.temperature_k), "
+        "then the production: ensemble, timestep, steps and intervals from md.run; blow-up limits from "
+        "md.safety. Restart files go to --state-dir every md.run.restart_interval steps, and a rerun "
+        "resumes from the last one; after a blow-up the last good state is in --state-dir."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--run", required=True,
+                            help="label of the run, e.g. hf, lf, moe_independent, moe_cotrained")
+        parser.add_argument("--hf", default=None, help="input: HF expert checkpoint (.pt)")
+        parser.add_argument("--lf", default=None, help="input: LF expert checkpoint (.pt)")
+        parser.add_argument("--cell", required=True, help="input: cell with the partition, extxyz (from md-system)")
+        parser.add_argument("--thermo", required=True, help="output: thermo table, CSV")
+        parser.add_argument("--final", required=True, help="output: final structure with velocities and forces, extxyz")
+        parser.add_argument("--dump", required=True, help="output: LAMMPS dump (text, custom style)")
+        parser.add_argument("--summary", required=True, help="output: run summary (sizes, timings, drift), JSON")
+        parser.add_argument("--state-dir", required=True, help="directory of restart files (resumed from if present)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.md.stage import run_md
+
+        checkpoints = {name: path for name, path in (("hf", args.hf), ("lf", args.lf)) if path is not None}
+        if not checkpoints:
+            raise ConfigError("md needs --hf, --lf or both")
+        run_md(config_from_args(args), run=args.run, checkpoints=checkpoints, cell=args.cell, thermo_csv=args.thermo,
+               final=args.final, dump=args.dump, summary=args.summary, state_dir=args.state_dir)
