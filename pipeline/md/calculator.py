@@ -31,6 +31,7 @@ from pipeline.md.evaluator import VerletBatch
 from pipeline.md.potential import MixturePotential
 from pipeline.models import load_checkpoint
 from pipeline.models.calculator import PotentialCalculator
+from pipeline.names import EXPERTS
 
 
 class VerletGraph:
@@ -103,7 +104,7 @@ class MixtureCalculator(PotentialCalculator):
         paths: Sequence[str | Path],
         *,
         expert: np.ndarray,
-        names: Sequence[str] = ("hf", "lf"),
+        names: Sequence[str] = EXPERTS,
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
         skin: float = 0.0,

@@ -155,7 +155,7 @@ def evaluate(
 def _fmt(row: dict[str, Any]) -> str:
     parts = [f"epoch {row['epoch']:4d} | loss train {row['train_loss']:.4g} val {row['val_loss']:.4g} "
              f"(mean {row['val_loss_smoothed']:.4g})"]
-    for name in ("hf", "lf"):
+    for name in EXPERTS:
         if math.isfinite(row.get(f"val_{name}_force_mae_mev_a", math.nan)):
             parts.append(f"val {name.upper()} E {row[f'val_{name}_energy_mae_mev_atom']:.2f} meV/atom "
                          f"F {row[f'val_{name}_force_mae_mev_a']:.1f} meV/A")

@@ -29,6 +29,7 @@ import torch
 
 from pipeline.data import keys as K
 from pipeline.train.data import Batch
+from pipeline.names import EXPERTS
 
 QUANTITIES = (
     "hf_energy",
@@ -93,7 +94,7 @@ def pair_errors(sums: ErrorSums, outputs: dict[str, dict[str, torch.Tensor]], ba
     n_atoms = graph[K.NUM_ATOMS].to(torch.float64)
     all_frames = torch.ones_like(batch.lf_energy)
     all_atoms = torch.ones_like(batch.bulk)
-    for name in ("hf", "lf"):
+    for name in EXPERTS:
         if name not in outputs:
             continue
         out = outputs[name]
