@@ -395,8 +395,25 @@ class MDSystemConfig:
 
 
 @dataclass(frozen=True)
+class MDAdaptiveConfig:
+    """The switching weight of the adaptive partition (``md.partition.adaptive:``); see
+    :mod:`pipeline.md.adaptive`. Lengths in A; None = derived (inner: LF r_max, outer: inner + 1.5)."""
+
+    inner_a: float | None = None
+    outer_a: float | None = None
+    margin_a: float = 0.5
+
+    def radii(self, lf_r_max: float) -> tuple[float, float]:
+        """(inner, outer) radii with the derived defaults filled in."""
+        inner = float(self.inner_a) if self.inner_a is not None else float(lf_r_max)
+        outer = float(self.outer_a) if self.outer_a is not None else inner + 1.5
+        return inner, outer
+
+
+@dataclass(frozen=True)
 class MDPartitionConfig:
-    """Static HF/LF assignment rule (``md.partition:``); see :mod:`pipeline.md.partition`. Lengths in A."""
+    """HF/LF assignment (``md.partition:``): a static rule (:mod:`pipeline.md.partition`) or, with ``mode``
+    adaptive, a smooth switching weight (:mod:`pipeline.md.adaptive`). Lengths in A."""
 
     rule: str = "adsorbate_radius"
     radius_a: float = 4.5
@@ -404,6 +421,8 @@ class MDPartitionConfig:
     min_height_a: float = 9.0
     indices: tuple[int, ...] = ()
     hf_fraction: float = 0.2
+    mode: str = "static"
+    adaptive: MDAdaptiveConfig = field(default_factory=MDAdaptiveConfig)
 
 
 @dataclass(frozen=True)
@@ -780,6 +799,13 @@ def check_semantics(cfg: Config, *, check_files: bool = True) -> None:
                        ("analysis.interface.supercell", cfg.analysis.interface.supercell)):
         if cells[2] % 2:
             raise ConfigError(f"config key '{key}': the third repeat must be even (HF and LF halves), got {list(cells)}")
+    inner, outer = cfg.md.partition.adaptive.radii(cfg.models.lf.r_max)
+    if not outer > inner:
+        raise ConfigError(f"config keys 'md.partition.adaptive.outer_a' ({outer}) must be larger than 'inner_a' ({inner})")
+    if inner < cfg.models.lf.r_max and cfg.train.lf_data == "bulk_atoms":
+        raise ConfigError(f"config key 'md.partition.adaptive.inner_a' ({inner}) must be >= models.lf.r_max "
+                          f"({cfg.models.lf.r_max}): the LF expert never saw C or O, so no atom it evaluates may "
+                          "have an adsorbate atom within its cutoff (train.lf_data: all lifts this)")
     strains = cfg.analysis.elastic.strains
     if sum(s > 0 for s in strains) < 2 or sum(s < 0 for s in strains) < 2:
         raise ConfigError(f"config key 'analysis.elastic.strains': needs >= 2 positive and >= 2 negative strains "
