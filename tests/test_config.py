@@ -70,3 +70,15 @@ def test_unreadable_yaml_names_the_file(tmp_path):
     path.write_text("seed: [1,\n")
     with pytest.raises(ConfigError, match="broken.yaml"):
         load_config(path)
+
+
+def test_adaptive_partition_radii_default_to_lf_cutoff_and_keep_lf_away_from_adsorbates():
+    cfg = config_from_dict({})
+    assert cfg.md.partition.mode == "static"
+    assert cfg.md.partition.adaptive.radii(cfg.models.lf.r_max) == (cfg.models.lf.r_max, cfg.models.lf.r_max + 1.5)
+    with pytest.raises(ConfigError, match="md.partition.adaptive.inner_a"):
+        config_from_dict({"md": {"partition": {"adaptive": {"inner_a": 3.0}}}})
+    with pytest.raises(ConfigError, match="outer_a"):
+        config_from_dict({"md": {"partition": {"adaptive": {"inner_a": 6.0, "outer_a": 5.5}}}})
+    lf_learns_all = config_from_dict({"train": {"lf_data": "all"}, "md": {"partition": {"adaptive": {"inner_a": 3.0}}}})
+    assert lf_learns_all.md.partition.adaptive.radii(5.0) == (3.0, 4.5)
