@@ -204,7 +204,7 @@ class LabelConvergenceAxes:
     kpt_density: tuple[float, ...] = (1.5, 3.0, 4.5, 6.0)
     h_a: tuple[float, ...] = (0.25, 0.2, 0.16)
     smearing_ev: tuple[float, ...] = (0.1, 0.05)
-    basis: tuple[str, ...] = ("dzp", "tzdp", "pw400", "pw500", "pw600")
+    basis: tuple[str, ...] = ("dzp", "tzdp", "pw400", "pw500", "pw600", "pw700", "pw800")
 
 
 @dataclass(frozen=True)
@@ -250,6 +250,8 @@ class LabelConvergenceConfig:
         "slab_co-2x2-q0.25-top-rattle-000:basis=pw*",
         "clean_slab-*:basis=pw400",
         "clean_slab-*:basis=pw500",
+        "*slab*:basis=pw800",
+        "clean_slab-*:basis=pw700",
     )
     force_rms_tol_mev_a: float = 30.0
     energy_diff_tol_mev_atom: float = 2.0
