@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from pipeline.commands import (
     active,
+    adaptive,
     analysis,
     dft,
     generalisation,
@@ -76,6 +77,7 @@ COMMANDS: tuple[type[Command], ...] = (
     active.AlTable,
     active.AlShip,
     config_command.Config,
+    adaptive.AdaptiveTable,
 )
 
 
