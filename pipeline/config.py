@@ -435,6 +435,7 @@ class MDRunConfig:
     in ``ensemble`` (step numbers run on through both phases).
     """
 
+    mpi_ranks: int = 1
     ensemble: str = "nve"
     timestep_fs: float = 1.0
     steps: int = 2000

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
 
 from pipeline.commands._common import Command, add_config_args, config_from_args
 from pipeline.config import ConfigError
@@ -39,7 +44,10 @@ class Md(Command):
         "on every atom. Langevin NVT equilibration (md.run.equilibration_steps at md.run.temperature_k), "
         "then the production: ensemble, timestep, steps and intervals from md.run; blow-up limits from "
         "md.safety. Restart files go to --state-dir every md.run.restart_interval steps, and a rerun "
-        "resumes from the last one; after a blow-up the last good state is in --state-dir."
+        "resumes from the last one; after a blow-up the last good state is in --state-dir. With "
+        "md.run.mpi_ranks N > 1 the command starts itself again under 'mpirun -np N' (the mpich wheel's, "
+        "or $PIPELINE_MPIRUN with {n} for N, e.g. 'srun -n {n}') and LAMMPS decomposes the cell over the N "
+        "ranks (one GPU per rank where there are GPUs); a run already under an MPI launcher runs as it is."
     )
 
     @staticmethod
@@ -58,10 +66,44 @@ class Md(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> None:
-        from pipeline.md.stage import run_md
+        from pipeline.md.lammps_io import launched_by_mpi, mpi_rank_from_env
 
         checkpoints = {name: path for name, path in (("hf", args.hf), ("lf", args.lf)) if path is not None}
         if not checkpoints:
             raise ConfigError("md needs --hf, --lf or both")
-        run_md(config_from_args(args), run=args.run, checkpoints=checkpoints, cell=args.cell, thermo_csv=args.thermo,
+        cfg = config_from_args(args)
+        ranks = int(cfg.md.run.mpi_ranks)
+        if ranks > 1 and not launched_by_mpi():
+            command = relaunch_command(ranks, _md_argv(args))
+            logging.getLogger(__name__).info("md on %d MPI ranks: %s", ranks, " ".join(command))
+            code = subprocess.run(command, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+            if code:
+                raise SystemExit(code)
+            return
+        if launched_by_mpi() and mpi_rank_from_env() > 0:
+            logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 logs the run
+        from pipeline.md.stage import run_md
+
+        run_md(cfg, run=args.run, checkpoints=checkpoints, cell=args.cell, thermo_csv=args.thermo,
                final=args.final, dump=args.dump, summary=args.summary, state_dir=args.state_dir)
+
+
+def _md_argv(args: argparse.Namespace) -> list[str]:
+    """The ``md`` command line of parsed ``args`` (to start it again under an MPI launcher)."""
+    argv = ["md", *(("--config-json", args.config_json) if args.config_json else ("--config", args.config))]
+    for option in ("run", "hf", "lf", "cell", "thermo", "final", "dump", "summary", "state_dir"):
+        value = getattr(args, option)
+        if value is not None:
+            argv += [f"--{option.replace('_', '-')}", str(value)]
+    return argv
+
+
+def relaunch_command(ranks: int, argv: Sequence[str]) -> list[str]:
+    """``mpirun -np RANKS python -m pipeline ARGV``: this command again on ``ranks`` MPI ranks.
+
+    >>> relaunch_command(2, ["md", "--run", "hf"])[-5:]
+    ['-m', 'pipeline', 'md', '--run', 'hf']
+    """
+    from pipeline.md.lammps_io import mpirun_command
+
+    return [*mpirun_command(ranks), sys.executable, "-m", "pipeline", *argv]

@@ -6,6 +6,10 @@ and turns a set of positions (A) into an :class:`Evaluation` in eV and eV/A. The
 it; the ASE calculator of the mixture (:class:`pipeline.md.calculator.MixtureCalculator`) builds its
 batches with the same :class:`VerletBatch` and calls the same potential.
 
+On several MPI ranks the LAMMPS callback calls :meth:`MixtureEvaluator.evaluate_domain` instead: one rank's
+local and ghost atoms (LAMMPS's arrays), energies of the local atoms and exact forces on them
+(:class:`DomainEvaluation`).
+
 Timing lives here, around the calls, not in the potential: the evaluator times every call
 (``model_time_s``) and, with forward hooks on the mixture's per-expert :class:`~pipeline.md.potential.ExpertCall`
 modules attached only for the duration of the call, each expert's share (:class:`ExpertTimer`; CUDA is
@@ -36,7 +40,7 @@ import torch
 
 from pipeline.data import keys as K
 from pipeline.data.neighbors import species_indices
-from pipeline.md.neighbors import VerletList
+from pipeline.md.neighbors import DomainVerletList, VerletList
 from pipeline.md.potential import MixturePotential
 from pipeline.models.contract import VIRIAL
 
@@ -68,6 +72,38 @@ class Evaluation:
     virial: np.ndarray | None
     min_distance: float
     closest_pair: tuple[int, int] = (-1, -1)
+
+
+@dataclass(frozen=True)
+class DomainEvaluation:
+    """One MPI rank's share of an evaluation (:meth:`MixtureEvaluator.evaluate_domain`; float64, eV and A).
+
+    Attributes
+    ----------
+    energy : float
+        Sum of the local centres' energies, eV (the total is the sum over the ranks).
+    energies : (nlocal,) array
+        Per-atom energies of the local atoms, eV.
+    forces : (nlocal, 3) array
+        -dE/dR of the TOTAL energy on the local atoms, eV/A (exact: ghost centres included).
+    virial : (3, 3) array or None
+        The local centres' share of ``W = -dE/d(strain)``, eV (the total is the sum over the ranks).
+    min_distance : float
+        Shortest pair distance from a local atom, A (``inf`` without pairs).
+    closest_pair : tuple of int
+        The two atoms (atom IDs - 1) at ``min_distance``.
+    n_local, n_ghost_centres : int
+        Centres evaluated: the local atoms, and the ghosts evaluated for their forces on local atoms.
+    """
+
+    energy: float
+    energies: np.ndarray
+    forces: np.ndarray
+    virial: np.ndarray | None
+    min_distance: float
+    closest_pair: tuple[int, int]
+    n_local: int
+    n_ghost_centres: int
 
 
 class VerletBatch:
@@ -241,6 +277,9 @@ class MixtureEvaluator:
         self.model_time_s = 0.0
         self.timer = ExpertTimer(self.potential, self.device)
         self.expert_time_s = self.timer.seconds
+        self.domain: DomainVerletList | None = None  # the list of evaluate_domain (one MPI rank's atoms)
+        self.domain_centres: dict[str, int] = {}
+        self._domain_graph: tuple[torch.Tensor, ...] | None = None
 
     def batch(self, positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool]) -> dict[str, torch.Tensor]:
         """The batch dict of the current positions (Verlet list updated, on the device)."""
@@ -283,6 +322,91 @@ class MixtureEvaluator:
             closest_pair=closest,
         )
 
+    def evaluate_domain(
+        self, positions: np.ndarray, tags: np.ndarray, nlocal: int, *, virial: bool = False
+    ) -> DomainEvaluation:
+        """One MPI rank's share: energies of its local atoms, exact forces on them (and its virial share).
+
+        The atoms are LAMMPS's arrays of one rank: the first ``nlocal`` local, then the ghosts (periodic
+        images included, each a point of its own; no cell, no minimum image). Two passes, each with its
+        backward pass: (1) every local atom as a centre, evaluated by its expert with the ghosts as
+        neighbours: the local energies, the virial share, and the gradients on the local atoms and on
+        the ghosts that are periodic images of local atoms (added to their local atom); (2) the ghosts
+        of other ranks' atoms within the list's cutoff of a local atom as centres
+        (:class:`~pipeline.md.neighbors.DomainVerletList`): their gradients on the local atoms are the
+        forces that other ranks' centres cause (their energies and gradients on ghosts are discarded).
+        So the forces on the local atoms are exact. The ghost shell must reach ``2 * r_max + skin``
+        (LAMMPS's skin) beyond the rank's domain.
+
+        Parameters
+        ----------
+        positions : (n_slots, 3) array
+            Local then ghost positions, A (Cartesian, LAMMPS frame).
+        tags : (n_slots,) int array
+            Atom IDs (index + 1 in the order of ``numbers`` / ``expert``).
+        nlocal : int
+        virial : bool
+        """
+        start = time.perf_counter()
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        tags = np.asarray(tags, dtype=np.int64).reshape(-1)
+        nlocal = int(nlocal)
+        if self.domain is None:
+            self.domain = DomainVerletList(cutoff=self.neighbors.cutoff, skin=self.neighbors.skin)
+            self.domain_centres = {"local": 0, "ghost": 0}
+        if self.domain.update(positions, tags, nlocal) or self._domain_graph is None:
+            index = torch.as_tensor(tags - 1, device=self.device)
+            self._domain_graph = (
+                self.species.index_select(0, index),
+                self.expert.index_select(0, index),
+                torch.as_tensor(self.domain.edge_index, device=self.device),
+                torch.as_tensor(np.arange(len(tags)) < nlocal, device=self.device),
+                torch.as_tensor(self.domain.centres & (np.arange(len(tags)) >= nlocal), device=self.device),
+                torch.as_tensor(np.flatnonzero(self.domain.owner >= 0), device=self.device),
+                torch.as_tensor(self.domain.owner[self.domain.owner >= 0], device=self.device),
+            )
+        species, expert, edge_index, local, ghost, own_slots, owners = self._domain_graph
+        n, dtype, device = positions.shape[0], self.potential.dtype, self.device
+        batch = {
+            K.POSITIONS: torch.as_tensor(positions, dtype=dtype, device=device),
+            K.SPECIES: species,
+            K.CELL: torch.zeros(1, 3, 3, dtype=dtype, device=device),
+            K.PBC: torch.zeros(1, 3, dtype=torch.bool, device=device),
+            K.BATCH: torch.zeros(n, dtype=torch.int64, device=device),
+            K.NUM_ATOMS: torch.tensor([n], device=device),
+            K.EDGE_INDEX: edge_index,
+            K.EDGE_CELL_SHIFT: torch.zeros(edge_index.shape[1], 3, dtype=torch.int64, device=device),
+            K.R_MAX: torch.tensor(self.domain.cutoff + self.domain.skin, dtype=torch.float64),
+        }
+        split, lengths = self.potential.split_edges(batch, expert)
+        n_ghost = self.domain.n_ghost_centres
+        with self.timer.timing():
+            out = self.potential(batch, expert=expert, centers=local, compute_forces=True, compute_stress=virial,
+                                 split=split)
+            own = out[K.FORCES].detach()
+            forces = own.new_zeros(nlocal, 3).index_add_(0, owners, own.index_select(0, own_slots))
+            if n_ghost:
+                forces += self.potential(batch, expert=expert, centers=ghost, compute_forces=True,
+                                         split=split)[K.FORCES].detach()[:nlocal]
+        energies = out[K.PER_ATOM_ENERGY][:nlocal].detach().double().cpu().numpy()
+        forces = forces.double().cpu().numpy()
+        w = out[VIRIAL].detach().double().cpu().numpy()[0] if virial else None
+        min_distance, closest = float("inf"), (-1, -1)
+        from_local = edge_index[0] < nlocal
+        if bool(from_local.any()):
+            masked = torch.where(from_local, lengths, torch.full_like(lengths, float("inf")))
+            shortest = int(torch.argmin(masked))
+            min_distance = float(masked[shortest])
+            closest = (int(tags[int(edge_index[0, shortest])]) - 1, int(tags[int(edge_index[1, shortest])]) - 1)
+        self.model_time_s += time.perf_counter() - start
+        self.n_calls += 1
+        self.domain_centres["local"] += nlocal
+        self.domain_centres["ghost"] += n_ghost
+        return DomainEvaluation(
+            energy=float(energies.sum()), energies=energies, forces=forces, virial=w, min_distance=min_distance,
+            closest_pair=closest, n_local=nlocal, n_ghost_centres=n_ghost,
+        )
+
     def timing_summary(self) -> dict[str, float]:
         """Calls, neighbour-list builds and times (s): model total, list builds, forward per expert and
         each expert's share of the forward time."""
@@ -296,4 +420,11 @@ class MixtureEvaluator:
         total = sum(self.expert_time_s.values())
         summary.update({f"forward_share_{name}": seconds / total if total > 0 else float("nan")
                         for name, seconds in self.expert_time_s.items()})
+        if self.domain is not None:  # evaluated as one MPI rank's domain: this rank's list and centres
+            summary.update({
+                "domain_neighbor_builds": self.domain.n_builds,
+                "domain_neighbor_time_s": self.domain.build_time_s,
+                "local_centres": self.domain_centres["local"],
+                "ghost_centres": self.domain_centres["ghost"],
+            })
         return summary

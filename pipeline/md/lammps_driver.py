@@ -6,10 +6,29 @@ the :class:`~pipeline.md.evaluator.MixtureEvaluator` at the positions LAMMPS han
 the global energy and per-atom energies (``compute pe/atom`` then sums to ``pe``), and the virial when
 pressure is asked for. ``pair_style zero`` only gives LAMMPS a cutoff for its own bookkeeping.
 
-One MPI rank, all atoms local: ``fix external`` sees only a rank's local atoms, so domain decomposition
-needs the ML-IAP path (:mod:`pipeline.md.mliap`). Atoms are matched by their LAMMPS ID (= index + 1),
-never by LAMMPS's internal order; the LAMMPS atom type encodes (expert, species) as in
-:func:`lammps_types`, so the partition is stored with the atoms in data and restart files.
+Atoms are matched by their LAMMPS ID (= index + 1), never by LAMMPS's internal order; the LAMMPS atom type
+encodes (expert, species) as in :func:`lammps_types`, so the partition is stored with the atoms in data and
+restart files.
+
+MPI ranks (``mpirun -np N python ...``; the rank count is LAMMPS's ``world_size``, ``md.run.mpi_ranks``
+only says how many to launch). On one rank the callback evaluates all atoms periodically (today's path).
+On N > 1 ranks LAMMPS decomposes the box (``processors * * 1`` for a slab, non-periodic z) and each rank's
+callback evaluates its own domain (:meth:`MixtureEvaluator.evaluate_domain`): its local atoms as centres
+with LAMMPS's ghost atoms (periodic images included; no minimum image) as neighbours, the gradients on
+ghosts that are periodic images of its own atoms added to those atoms; plus, as extra centres, the ghosts
+of OTHER ranks' atoms within ``r_max + skin`` of a local atom, whose energy gradients on the local atoms
+are the forces that other ranks' centres cause. So the forces on local atoms are exact without the
+reverse communication that ``fix external`` lacks, at the price of the redundant ghost centres (their
+fraction, ghost centres / local centres, is the run's ``redundant_work_fraction``). The ghost shell is
+``comm_modify cutoff 2 * r_max + skin`` (the neighbours of every ghost centre; LAMMPS's skin); the rank's
+Verlet list is rebuilt when LAMMPS re-neighbours or moves atoms between ranks (new IDs in the arrays) or
+an atom moved more than half the skin. ``fix external`` takes its global energy and virial as the TOTAL on every rank
+(LAMMPS adds the energy unsummed and averages the virial over the ranks; measured), so the ranks sum their
+local centres' energies and virials, their safety figures and any failure in one ``MPI_Allreduce``
+(:class:`~pipeline.md.lammps_io.RankComm`: mpi4py, or the mpich wheel's libmpi through ctypes) and every
+rank sets the same totals and takes the same decisions; per-atom energies are the local atoms'. Snapshots
+and the final forces are gathered by atom ID on every rank; rank 0 alone writes the files. Restart files do
+not depend on the rank count: a run written on N ranks resumes on any number.
 
 A run is two phases with one step count: ``run.equilibration_steps`` of Langevin NVT at
 ``run.temperature_k`` (``fix nve`` + ``fix langevin`` on the mobile atoms), then ``run.steps`` of production
@@ -37,6 +56,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import time
 import traceback
 from dataclasses import dataclass
@@ -50,10 +70,11 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from pipeline.atomic import write_atomic
 from pipeline.config import MDRunConfig, MDSafetyConfig
-from pipeline.md.evaluator import MixtureEvaluator
+from pipeline.md.evaluator import Evaluation, MixtureEvaluator
 from pipeline.md.lammps_io import (
     FS_PER_PS,
     LammpsUnavailableError,
+    RankComm,
     create_atoms,
     id_ranges,
     import_lammps,
@@ -70,6 +91,18 @@ log = logging.getLogger(__name__)
 ENSEMBLES = ("nve", "nvt_langevin", "nvt_nose_hoover")
 EQUILIBRATION, PRODUCTION = "equilibration", "production"
 EQUILIBRATION_ENSEMBLE = "nvt_langevin"
+
+# what each rank contributes to the one sum of a multi-rank callback (a row of RankComm.allgather)
+_ERROR, _ENERGY, _BAD_ATOM, _MIN_DISTANCE = 0, 1, 2, 3
+_PAIR, _CENTRES, _VIRIAL = slice(4, 6), slice(6, 8), slice(8, 14)
+_ROW = 14
+
+
+def _nan_rows(n_atoms: int, atoms: np.ndarray) -> np.ndarray:
+    """``(n_atoms, 3)`` zeros with NaN rows at ``atoms`` (the non-finite forces of a multi-rank check)."""
+    forces = np.zeros((n_atoms, 3))
+    forces[np.asarray(atoms, dtype=np.int64)] = np.nan
+    return forces
 
 
 @dataclass(frozen=True)
@@ -173,6 +206,23 @@ class LammpsMD:
         self.ecouple_offset = 0.0
         self.phase: str | None = None  # the phase whose fixes are defined
         self.total_steps = run.equilibration_steps + run.steps
+        self.world_size, self.rank = 1, 0  # MPI ranks of LAMMPS (set when it opens)
+        self.comm: RankComm | None = None  # sums over the ranks (multi-rank runs only)
+        self._local_result: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None  # ids, e, f, E
+        self.centres_evaluated = np.zeros(2)  # local and ghost centres over the callbacks, all ranks
+        self._restart_written = False  # on several ranks: the next run recomputes the forces first
+
+    @property
+    def root(self) -> bool:
+        """Whether this is rank 0, the one that writes the files."""
+        return self.rank == 0
+
+    def ghost_cutoff(self) -> float:
+        """The ghost shell of a multi-rank run, A: ``2 * r_max + skin`` (LAMMPS's skin)."""
+        return 2.0 * float(self.evaluator.potential.r_max) + self._lammps_skin()
+
+    def _lammps_skin(self) -> float:
+        return max(self.evaluator.neighbors.skin, 0.5)
 
     # ------------------------------------------------------------------ LAMMPS set-up
     def _open(self) -> None:
@@ -181,6 +231,17 @@ class LammpsMD:
         self.lmp = lammps.lammps(cmdargs=["-log", str(self.files.log), "-screen", "none", "-nocite"])
         if not self.lmp.has_exceptions:
             raise LammpsUnavailableError("this LAMMPS library was built without C++ exceptions; errors would abort Python")
+        self.world_size = int(self.lmp.extract_setting("world_size"))
+        self.rank = int(self.lmp.extract_setting("world_rank"))
+        wanted = getattr(self.run_cfg, "mpi_ranks", None)
+        if wanted is not None and int(wanted) != self.world_size and self.root:
+            log.warning("md.run.mpi_ranks is %d but LAMMPS runs on %d MPI rank(s): launch with mpirun -np %d "
+                        "(python -m pipeline md does it itself)", int(wanted), self.world_size, int(wanted))
+        if self.world_size > 1:
+            if not hasattr(self.evaluator, "evaluate_domain"):
+                raise ValueError(f"{type(self.evaluator).__name__} cannot evaluate one rank's domain: "
+                                 "run it on one MPI rank")
+            self.comm = RankComm(self.lmp)
 
     def _setup(self, resume: bool) -> None:
         r = self.run_cfg
@@ -190,6 +251,8 @@ class LammpsMD:
         lmp = self.lmp
         boundary = " ".join("p" if p else "m" for p in self.pbc)
         lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array", f"boundary {boundary}"])
+        if self.world_size > 1 and not self.pbc[2]:
+            lmp.command("processors * * 1")  # a slab: split it in the plane, not across the vacuum
         if resume:
             lmp.command(f"read_restart {self.files.restart}")
         else:
@@ -205,6 +268,8 @@ class LammpsMD:
             "neigh_modify every 1 delay 0 check yes",
             f"timestep {num(r.timestep_fs / FS_PER_PS)}",
         ])
+        if self.world_size > 1:  # ghosts: the neighbours of every ghost centre (see the module's docstring)
+            lmp.command(f"comm_modify cutoff {num(self.ghost_cutoff())}")
         fixed_ids = np.flatnonzero(self.system.fixed) + 1
         if fixed_ids.size:
             lmp.command(f"group fixed id {id_ranges(fixed_ids)}")
@@ -275,6 +340,9 @@ class LammpsMD:
 
     # ------------------------------------------------------------------ the callback
     def _callback(self, caller, step, nlocal, tag, x, f) -> None:  # noqa: ANN001 (LAMMPS callback signature)
+        if self.comm is not None:
+            self._domain_callback(int(step), int(nlocal), f)
+            return
         start = time.perf_counter()
         try:
             if self.failure is not None:
@@ -302,6 +370,72 @@ class LammpsMD:
         finally:
             self.callback_time_s += time.perf_counter() - start
 
+    def _domain_callback(self, step: int, nlocal: int, f: np.ndarray) -> None:
+        """The callback of a multi-rank run: this rank's domain, then one sum over the ranks (always
+        reached, also after an error, so that no rank waits for another) and the same totals and
+        decisions on every rank."""
+        start = time.perf_counter()
+        result, error = None, None
+        try:
+            if self.failure is None:
+                lmp = self.lmp
+                n_all = nlocal + int(lmp.extract_global("nghost"))
+                x_all = np.array(lmp.numpy.extract_atom("x", nelem=n_all, dim=3), dtype=np.float64)
+                tags = np.array(lmp.numpy.extract_atom("id", nelem=n_all), dtype=np.int64).reshape(-1)
+                result = self.evaluator.evaluate_domain(x_all, tags, nlocal, virial=self.run_cfg.pressure)
+        except Exception:  # recorded, then shared with the other ranks through the sum below
+            error = traceback.format_exc()
+        try:
+            row = np.full(_ROW, np.nan)
+            row[_ERROR] = 1.0 if error is not None else 0.0
+            if result is not None:
+                finite = np.all(np.isfinite(result.forces), axis=1)
+                row[_ENERGY] = result.energy
+                row[_BAD_ATOM] = -1.0 if finite.all() else float(tags[np.flatnonzero(~finite)[0]] - 1)
+                row[_MIN_DISTANCE] = result.min_distance
+                row[_PAIR] = result.closest_pair
+                row[_CENTRES] = (result.n_local, result.n_ghost_centres)
+                if result.virial is not None:
+                    w = result.virial
+                    row[_VIRIAL] = [w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]]
+            table = self.comm.allgather(row)
+            if self.failure is not None:
+                f[:] = 0.0
+                return
+            errors = np.flatnonzero(table[:, _ERROR] > 0)
+            if errors.size:
+                if error is not None:
+                    log.error("rank %d: error in the force callback:\n%s", self.rank, error)
+                where = f"rank(s) {errors.tolist()}"
+                self._fail(step, f"error in the force callback on {where}:\n" + (error or "(traceback on that rank)"))
+                f[:] = 0.0
+                return
+            bad = table[:, _BAD_ATOM]
+            closest = int(np.argmin(table[:, _MIN_DISTANCE]))
+            total = Evaluation(  # the figures of all ranks, for the checks (forces: only the non-finite ones)
+                energy=float(table[:, _ENERGY].sum()), energies=np.zeros(0),
+                forces=np.zeros((0, 3)) if np.all(bad < 0) else _nan_rows(self.n_atoms, bad[bad >= 0]),
+                virial=None, min_distance=float(table[closest, _MIN_DISTANCE]),
+                closest_pair=(int(table[closest, _PAIR][0]), int(table[closest, _PAIR][1])),
+            )
+            message = check_evaluation(total, step=step, limits=self.safety)
+            if message is not None:
+                self._fail(step, message)
+                f[:] = 0.0
+                return
+            f[:] = result.forces
+            self.lmp.fix_external_set_energy_global("ext", total.energy)
+            self.lmp.fix_external_set_energy_peratom("ext", result.energies)
+            if self.run_cfg.pressure:  # LAMMPS averages fix external's virial over the ranks: set the total
+                self.lmp.fix_external_set_virial_global("ext", table[:, _VIRIAL].sum(axis=0).tolist())
+            self._local_result = (tags[:nlocal] - 1, result.energies, result.forces, total.energy)
+            self.centres_evaluated += table[:, _CENTRES].sum(axis=0)
+        except Exception:
+            self._fail(step, "error in the force callback:\n" + traceback.format_exc())
+            f[:] = 0.0
+        finally:
+            self.callback_time_s += time.perf_counter() - start
+
     def _fail(self, step: int, message: str) -> None:
         self.failure = (step, message)
         self.lmp.set_internal_variable("md_bad", 1.0)
@@ -314,6 +448,10 @@ class LammpsMD:
         """Positions (A) and velocities (A/ps) in atom-ID order, LAMMPS frame, and the step."""
         nlocal = self.lmp.extract_global("nlocal")
         ids = np.asarray(self.lmp.numpy.extract_atom("id"))[:nlocal].astype(np.int64) - 1
+        if self.comm is not None:  # gathered by atom ID on every rank
+            local = np.hstack([self.lmp.numpy.extract_atom("x")[:nlocal], self.lmp.numpy.extract_atom("v")[:nlocal]])
+            both = self.comm.gather_by_id(ids, local, self.n_atoms)
+            return {"step": self._step(), "x": both[:, :3].copy(), "v": both[:, 3:].copy()}
         x = np.empty((self.n_atoms, 3))
         v = np.empty((self.n_atoms, 3))
         x[ids] = self.lmp.numpy.extract_atom("x")[:nlocal]
@@ -342,7 +480,12 @@ class LammpsMD:
     def _save_state(self, rows: list[dict], reference_energy: float) -> None:
         step = self._step()
         tmp = self.files.restart.with_name(".restart.lmp.tmp")
-        self.lmp.command(f"write_restart {tmp}")
+        self.lmp.command(f"write_restart {tmp}")  # every rank takes part; rank 0 writes the file
+        # write_restart wraps and exchanges the atoms; on several ranks atoms that change rank leave their
+        # forces behind (LAMMPS's exchange does not carry them), so the next run needs its set-up
+        self._restart_written = self.world_size > 1
+        if not self.root:
+            return
         os.replace(tmp, self.files.restart)
         write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
         progress = {"fingerprint": self.fingerprint, "step": step, "reference_energy": reference_energy,
@@ -352,8 +495,6 @@ class LammpsMD:
     def _load_state(self) -> tuple[bool, list[dict], float | None]:
         """``(resume, thermo rows, reference energy)`` from the state directory (or a fresh start)."""
         if not (self.files.progress.exists() and self.files.restart.exists()):
-            for stale in (self.files.partial_dump, self.files.partial_thermo):
-                stale.unlink(missing_ok=True)
             return False, [], None
         progress = json.loads(self.files.progress.read_text())
         if progress.get("fingerprint") != self.fingerprint:
@@ -364,10 +505,20 @@ class LammpsMD:
         step = int(progress["step"])
         rows = pd.read_csv(self.files.partial_thermo).to_dict("records") if self.files.partial_thermo.exists() else []
         rows = [row for row in rows if int(row["step"]) <= step]
-        truncate_dump(self.files.partial_dump, step)
         self.ecouple_offset = float(progress.get("ecouple_offset", 0.0))
         log.info("resuming the MD run from its restart at step %d", step)
         return True, rows, float(progress["reference_energy"])
+
+    def _prepare_files(self, resume: bool) -> None:
+        """Rank 0: drop the partial outputs of a stale state (fresh start) or the dump frames after the
+        restart (resume)."""
+        if not self.root:
+            return
+        if not resume:
+            for stale in (self.files.partial_dump, self.files.partial_thermo):
+                stale.unlink(missing_ok=True)
+        else:
+            truncate_dump(self.files.partial_dump, int(json.loads(self.files.progress.read_text())["step"]))
 
     # ------------------------------------------------------------------ the run
     def _thermo(self, wall_s: float) -> dict[str, float | str]:
@@ -385,11 +536,13 @@ class LammpsMD:
         return row
 
     def _blow_up(self, step: int, reason: str, good: dict | None, rows: list[dict]) -> MDBlowUpError:
-        write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        if self.root:
+            write_atomic(self.files.partial_thermo, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
         if good is None:
             return MDBlowUpError(step, reason)
-        atoms = self._atoms_from(good, with_results=False)
-        atoms.write(self.files.last_good, format="extxyz")
+        if self.root:
+            atoms = self._atoms_from(good, with_results=False)
+            atoms.write(self.files.last_good, format="extxyz")
         return MDBlowUpError(step, reason, last_good=self.files.last_good, last_good_step=int(good["step"]))
 
     def run(self) -> dict[str, float]:
@@ -406,6 +559,7 @@ class LammpsMD:
         self._open()
         wall_start = time.perf_counter()
         try:
+            self._prepare_files(resume)
             self._setup(resume)
             self.lmp.command("run 0 post no")
             start_step = self._step()
@@ -423,6 +577,8 @@ class LammpsMD:
             while step < total:
                 phase = self._phase_of(step)
                 setup = phase != self.phase and self._enter(phase)  # new fixes: run with LAMMPS's set-up
+                # write_restart migrated atoms between ranks without their forces: set up (forces again)
+                setup, self._restart_written = setup or self._restart_written, False
                 to_thermo = r.thermo_interval - step % r.thermo_interval
                 to_restart = r.restart_interval - step % r.restart_interval
                 to_phase = r.equilibration_steps - step if step < r.equilibration_steps else total
@@ -447,10 +603,12 @@ class LammpsMD:
                     self._save_state(rows, reference_energy)
             run_wall = time.perf_counter() - run_start
             self._finish(rows, good)
+            ranks = self._rank_stats() if self.comm is not None else {}
         finally:
             self.lmp.close()
-        for done in (self.files.progress, self.files.restart, self.files.partial_thermo, self.files.last_good):
-            done.unlink(missing_ok=True)  # a rerun with other inputs starts afresh
+        if self.root:
+            for done in (self.files.progress, self.files.restart, self.files.partial_thermo, self.files.last_good):
+                done.unlink(missing_ok=True)  # a rerun with other inputs starts afresh
         steps_run = self.total_steps - start_step
         stats: dict[str, float] = {
             "start_step": start_step,
@@ -461,13 +619,38 @@ class LammpsMD:
             "callback_time_s": self.callback_time_s,
         }
         stats.update(self.evaluator.timing_summary())
+        stats["mpi_ranks"] = self.world_size
+        local, ghost = self.centres_evaluated
+        stats["redundant_work_fraction"] = float(ghost / local) if local else 0.0
+        stats.update(ranks)
         return stats
 
+    def _rank_stats(self) -> dict[str, object]:
+        """Per-rank figures of a multi-rank run (lists indexed by rank): callback and model time, centres,
+        peak memory (MB)."""
+        summary = self.evaluator.timing_summary()
+        row = [self.callback_time_s, summary["model_time_s"], summary.get("local_centres", 0),
+               summary.get("ghost_centres", 0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]
+        table = self.comm.allgather(np.asarray(row, dtype=np.float64))
+        names = ("rank_callback_time_s", "rank_model_time_s", "rank_local_centres", "rank_ghost_centres",
+                 "rank_peak_rss_mb")
+        return {"mpi_backend": self.comm.backend, **{name: table[:, k].tolist() for k, name in enumerate(names)}}
+
     def _finish(self, rows: list[dict], final: dict) -> None:
-        for path in (self.files.thermo_csv, self.files.final, self.files.dump):
-            path.parent.mkdir(parents=True, exist_ok=True)
         self.lmp.command("undump traj")  # flush and close the dump before it is moved
-        write_atomic(self.files.thermo_csv, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
-        atoms = self._atoms_from(final, with_results=True)
-        write_atomic(self.files.final, lambda p: atoms.write(p, format="extxyz"))
-        os.replace(self.files.partial_dump, self.files.dump)
+        if self.comm is not None and self._local_result is not None:  # the last results, gathered by atom ID
+            ids, energies, forces, energy = self._local_result
+            both = self.comm.gather_by_id(ids, np.hstack([energies[:, None], forces]), self.n_atoms)
+            self.last_result = Evaluation(energy=energy, energies=both[:, 0].copy(), forces=both[:, 1:].copy(),
+                                          virial=None, min_distance=float("nan"))
+        try:
+            if self.root:
+                for path in (self.files.thermo_csv, self.files.final, self.files.dump):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.files.thermo_csv, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+                atoms = self._atoms_from(final, with_results=True)
+                write_atomic(self.files.final, lambda p: atoms.write(p, format="extxyz"))
+                os.replace(self.files.partial_dump, self.files.dump)
+        finally:
+            if self.comm is not None:
+                self.comm.barrier()  # the outputs are written when the run returns on any rank

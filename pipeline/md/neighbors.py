@@ -121,3 +121,110 @@ class VerletList:
         self._cell = cell.copy()
         self._pbc = pbc.copy()
         return positions, True
+
+
+class DomainVerletList:
+    """The Verlet list of one MPI rank's domain: its local atoms and the ghost atoms LAMMPS gives it.
+
+    The positions are those of LAMMPS's atom arrays, local atoms first, then ghosts, periodic images
+    included as ghosts of their own: the list is built NON-periodically over these points (no minimum
+    image; an atom near its own image has the image as a ghost). Centres are the local atoms and the
+    ghosts of OTHER ranks' atoms within ``cutoff + skin`` of a local atom at the build (every such ghost
+    within ``cutoff`` of a local atom until the next build): their energy gradients on the local atoms
+    are the forces that other ranks' centres cause, so the local forces are exact without a reverse
+    communication. Ghosts that are periodic images of this rank's own atoms are never centres: the
+    gradients of the local centres on them belong to their local atom (:attr:`owner`), to which the
+    caller adds them. Pairs are kept for centres only.
+
+    The list is reused while the atom arrays hold the same atoms in the same slots (same IDs, same
+    ``nlocal``) and no slot has moved more than ``skin / 2`` since the build (a periodic image that
+    LAMMPS re-creates elsewhere moves by a box length: rebuilt); LAMMPS re-orders its arrays only when it
+    re-neighbours or atoms migrate, which changes the IDs and triggers a rebuild.
+
+    Parameters
+    ----------
+    cutoff : float
+        The largest interaction cutoff, A.
+    skin : float
+        Verlet skin, A (0 = rebuild at every call).
+
+    Attributes
+    ----------
+    edge_index : (2, n_edges) int64
+        ``[centre, neighbour]`` slots, sorted by centre, centres only.
+    centres : (n_slots,) bool
+        Local atoms and ghost centres.
+    owner : (n_slots,) int64
+        The local slot of each slot's atom (itself for local atoms, the local atom of a periodic image of
+        it), -1 for ghosts of other ranks' atoms.
+    n_local, n_ghost_centres : int
+    n_builds, n_calls : int
+    build_time_s : float
+
+    >>> nl = DomainVerletList(cutoff=3.0, skin=1.0)
+    >>> x = np.array([[0.0, 0, 0], [2.5, 0, 0], [5.0, 0, 0], [-3.0, 0, 0]])  # local 0; ghosts 1, 2, 3
+    >>> nl.update(x, np.array([1, 2, 3, 1]), 1)  # ghost 3: an image of the local atom 1
+    True
+    >>> nl.centres.tolist(), nl.n_ghost_centres, nl.edge_index.tolist(), nl.owner.tolist()
+    ([True, True, False, False], 1, [[0, 0, 1, 1], [1, 3, 0, 2]], [0, -1, -1, 0])
+    >>> nl.update(x + 0.2, np.array([1, 2, 3, 1]), 1), nl.update(x, np.array([1, 3, 2, 1]), 1)
+    (False, True)
+    """
+
+    def __init__(self, *, cutoff: float, skin: float) -> None:
+        if cutoff <= 0 or skin < 0:
+            raise ValueError(f"need cutoff > 0 and skin >= 0, got cutoff {cutoff}, skin {skin}")
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        self.edge_index = np.zeros((2, 0), dtype=np.int64)
+        self.centres = np.zeros(0, dtype=bool)
+        self.owner = np.zeros(0, dtype=np.int64)
+        self.n_local = 0
+        self.n_ghost_centres = 0
+        self.n_builds = 0
+        self.n_calls = 0
+        self.build_time_s = 0.0
+        self._reference: np.ndarray | None = None
+        self._tags: np.ndarray | None = None
+
+    def _valid(self, positions: np.ndarray, tags: np.ndarray, nlocal: int) -> bool:
+        if self._reference is None or self.skin == 0 or nlocal != self.n_local:
+            return False
+        if self._tags.shape != tags.shape or not np.array_equal(self._tags, tags):
+            return False
+        if not len(positions):
+            return True
+        moved = np.sqrt(np.max(np.sum((positions - self._reference) ** 2, axis=1)))
+        return bool(moved <= 0.5 * self.skin)
+
+    def update(self, positions: np.ndarray, tags: np.ndarray, nlocal: int) -> bool:
+        """Check the list against the slots' ``positions`` ``(n_slots, 3)`` and atom IDs ``tags``
+        ``(n_slots,)`` (the first ``nlocal`` local); rebuild it if needed. Returns whether it was rebuilt."""
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        tags = np.asarray(tags, dtype=np.int64).reshape(-1)
+        nlocal = int(nlocal)
+        if tags.shape[0] != positions.shape[0] or not 0 <= nlocal <= positions.shape[0]:
+            raise ValueError(f"{positions.shape[0]} positions, {tags.shape[0]} IDs, nlocal {nlocal}")
+        self.n_calls += 1
+        if self._valid(positions, tags, nlocal):
+            return False
+        start = time.perf_counter()
+        edge_index, _ = neighbor_list(positions, np.zeros((3, 3)), (False, False, False), self.cutoff + self.skin)
+        owner_of_tag = np.full(int(tags.max(initial=0)) + 1, -1, dtype=np.int64)
+        owner_of_tag[tags[:nlocal]] = np.arange(nlocal)
+        owner = owner_of_tag[tags]  # [n_slots]
+        from_local = edge_index[0] < nlocal
+        centres = np.zeros(positions.shape[0], dtype=bool)
+        centres[edge_index[1, from_local]] = True  # ghosts within cutoff + skin of a local atom ...
+        centres &= owner < 0  # ... of other ranks' atoms
+        centres[:nlocal] = True
+        self.edge_index = np.ascontiguousarray(edge_index[:, centres[edge_index[0]]])
+        self.centres = centres
+        self.owner = owner
+        self.n_local = nlocal
+        self.n_ghost_centres = int(centres.sum()) - nlocal
+        self.build_time_s += time.perf_counter() - start
+        self.n_builds += 1
+        self._reference = positions.copy()
+        self._tags = tags.copy()
+        return True

@@ -23,6 +23,7 @@ from pipeline.devices import DTYPES, resolve_device
 from pipeline.md.adsorbates import adsorbate_report
 from pipeline.md.evaluator import MixtureEvaluator
 from pipeline.md.lammps_driver import LammpsMD, MDFiles, MDSystem
+from pipeline.md.lammps_io import launched_by_mpi, local_rank
 from pipeline.md.partition import (
     EXPERTS,
     HF,
@@ -71,6 +72,14 @@ def _sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _rank_device(name: str) -> torch.device:
+    """The device of this process; under an MPI launch, ``auto``/``cuda`` pick the rank's local GPU (local
+    rank modulo the GPU count: one rank per GPU)."""
+    if launched_by_mpi() and name != "cpu" and torch.cuda.is_available():
+        return resolve_device(name, local_rank() % torch.cuda.device_count())
+    return resolve_device(name)
 
 
 def load_mixture(checkpoints: Mapping[str, str | Path], *, species: tuple[str, ...], dtype: torch.dtype,
@@ -124,7 +133,7 @@ def run_md(
     """
     md = cfg.md
     torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
+    device = _rank_device(cfg.device)
     dtype = DTYPES[md.dtype]
     atoms, expert = read_partition(cell)
     potential = load_mixture(checkpoints, species=tuple(cfg.species), dtype=dtype, device=device)
@@ -139,8 +148,10 @@ def run_md(
     fixed = bottom_layers(atoms, md.run.fixed_bottom_layers, cfg.regions)
     evaluator = MixtureEvaluator(potential, numbers=atoms.numbers, expert=expert, skin=md.neighbor_skin_a, device=device,
                                  centres_per_chunk=md.centres_per_chunk.for_experts(potential.names))
+    md_inputs = dataclasses.asdict(md)
+    md_inputs["run"].pop("mpi_ranks", None)  # a run resumes on any number of ranks
     fingerprint_data = {
-        "md": dataclasses.asdict(md),
+        "md": md_inputs,
         "seed": cfg.seed,
         "checkpoints": {name: _sha256(path) for name, path in sorted(checkpoints.items())},
         "cell": _sha256(cell),
@@ -156,6 +167,8 @@ def run_md(
              "steps of %g fs", run, len(atoms), n_hf, list(potential.names), md.dtype, device,
              md.run.equilibration_steps, md.run.temperature_k, md.run.ensemble, md.run.steps, md.run.timestep_fs)
     stats = driver.run()
+    if not driver.root:  # MPI rank > 0: rank 0 writes the outputs and the summary
+        return {"run": run, "rank": driver.rank, **stats}
     thermo = read_thermo(thermo_csv)
     n_mobile = len(atoms) - int(fixed.sum())
     figures = energy_drift(thermo, n_mobile=n_mobile)

@@ -8,14 +8,21 @@
 # inputs is an error that asks to delete it. After a blow-up the last good state is
 # results/md/{run}/state/last_good.extxyz.
 #
-# GPU: the code picks the device itself (config key device: auto -> CUDA when present). One run uses one
-# device (fix external: one MPI rank); on a cluster give the rule a GPU with
-# `--set-resources md:gpu=1` (the slurm executor plugin maps it). No gpu resource is declared here, so
-# CPU-only runs are not blocked by an absent counter.
+# GPU: the code picks the device itself (config key device: auto -> CUDA when present). On a cluster give
+# the rule its GPUs with `--set-resources md:gpu=N` (the slurm executor plugin maps it). No gpu resource
+# is declared here, so CPU-only runs are not blocked by an absent counter.
+#
+# MPI: md.run.mpi_ranks N > 1 runs LAMMPS on N ranks (domain decomposition; fix external evaluates each
+# rank's local atoms with its ghosts). The rule reserves N threads and runs the same command: `python -m
+# pipeline md` reads N from the JSON config and starts itself again under `mpirun -np N` (the mpich
+# wheel's mpirun; $PIPELINE_MPIRUN, e.g. "srun -n {n}", to use another launcher), one torch thread per
+# rank from torch_threads; under device: auto each rank takes GPU (local rank mod GPU count). N = 1 (the
+# default) runs exactly as before, on one process.
 
 # The runs (the analysis reads these names) and the expert checkpoints of each: moe_<pair> = both experts
 # of <pair>; hf / lf = that expert of md.reference_pair on every atom.
 MD_RUNS = list(names.MD_RUNS)
+MD_RANKS = int(CFG.md.run.mpi_ranks)  # MPI ranks of one run (md.run.mpi_ranks)
 MD_CHECKPOINTS = {
     "hf": {"hf": expert_checkpoint("hf", CFG.md.reference_pair)},
     "lf": {"lf": expert_checkpoint("lf", CFG.md.reference_pair)},
@@ -60,7 +67,7 @@ rule md:
         "results/logs/md/{run}.log",
     benchmark:
         "results/benchmarks/md/{run}.tsv"
-    threads: 1
+    threads: MD_RANKS
     wildcard_constraints:
         run="|".join(MD_RUNS),
     conda:
