@@ -36,6 +36,7 @@ from pipeline.models.testing import pt_bulk, validate_model_outputs
 
 torch.set_num_threads(1)
 
+HF_INDEX, LF_INDEX = 0, 1
 # tiny experts: HF r_max 4.0, LF r_max 3.5 -> defaults r_in = 3.5, r_out = 5.0 (margin 0.5)
 R_IN, R_OUT = 3.5, 5.0
 
@@ -405,3 +406,141 @@ def test_nve_conserves_energy_while_an_atom_crosses_the_switching_shell():
     # same order as the static mixture and full HF (the switching term adds curvature: untrained experts disagree
     # by ~0.2 eV/atom in the shell)
     assert adaptive["max_deviation_ev"] < 20 * max(static["max_deviation_ev"], full_hf["max_deviation_ev"])
+
+
+# ---------------------------------------------------------------------------------------------- centre chunks
+
+
+CHUNK_KEYS = (K.ENERGY, K.PER_ATOM_ENERGY, K.FORCES, VIRIAL, K.STRESS, LAMBDA, EXPERT_WEIGHTS, K.DESCRIPTORS,
+              ENERGY_DISAGREEMENT)
+
+
+def test_chunked_evaluation_equals_one_pass():
+    pot = _potential()
+    atoms = _slab()
+    atoms.pbc = True
+    batch = _batch(atoms, pot)
+    assert pot.centres_per_chunk == 0 and pot.chunk_size(HF_INDEX) == pot.chunk_size(LF_INDEX) == 0
+    ref = _detached(pot(batch, compute_stress=True))
+    lam = ref[LAMBDA]
+    n_hf, n_lf = int(ref[HF_CENTRES].sum()), int(ref[LF_CENTRES].sum())
+    shell = (lam > 0) & (lam < 1)
+    assert int(shell.sum()) >= 2 and n_hf > 10 and n_lf > 10
+    # 1, sizes that do not divide the counts, one chunked expert only, one chunk per expert
+    for sizes in (1, 3, 7, (5, 11), (0, 4), (6, 0), 1000):
+        pot.set_centres_per_chunk(sizes)
+        chunks = pot.centre_chunks([ref[HF_CENTRES], ref[LF_CENTRES]])
+        if sizes != 1000:
+            assert len(chunks) > 2
+        # every centre in exactly one chunk of its expert: shell atoms in one HF and one LF chunk
+        for k, key in ((HF_INDEX, HF_CENTRES), (LF_INDEX, LF_CENTRES)):
+            count = sum(mask.long() for j, mask in chunks if j == k)
+            assert torch.equal(count.bool(), ref[key]) and int(count.max()) == 1
+        out = _detached(pot(batch, compute_stress=True))
+        assert set(out) == set(ref)
+        # chunks evaluate only the atoms of the kept sets whose terms are not exactly zero (margin 0's sets)
+        assert torch.equal(out[HF_CENTRES], lam > 0) and torch.equal(out[LF_CENTRES], lam < 1)
+        assert torch.equal(out[K.CENTER_MASK], ref[K.CENTER_MASK])
+        both = out[HF_CENTRES] & out[LF_CENTRES]
+        torch.testing.assert_close(out[ENERGY_DISAGREEMENT], torch.where(both, ref[ENERGY_DISAGREEMENT], 0.0),
+                                   rtol=0, atol=1e-10)
+        for key in CHUNK_KEYS:
+            if key != ENERGY_DISAGREEMENT:
+                torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-10, msg=f"{sizes}: {key}")
+        assert torch.equal(out[LAMBDA], lam)
+    assert n_hf > int((lam > 0).sum()) and n_lf > int((lam < 1).sum())  # the margin's atoms were skipped
+    # the test has teeth: the gradient of lambda (also on the adsorbate atoms) is a large part of the forces
+    frozen = _detached(pot(batch, compute_stress=True, weights=lam))
+    adsorbate = torch.as_tensor(np.isin(atoms.numbers, (6, 8)))
+    assert float((frozen[K.FORCES] - ref[K.FORCES])[adsorbate].abs().max()) > 1e-4
+    assert float((frozen[K.FORCES] - ref[K.FORCES])[shell].abs().max()) > 1e-3
+    assert float((frozen[VIRIAL] - ref[VIRIAL]).abs().max()) > 1e-4
+    # forced weights, centre subsets and energy only, chunked
+    weights = torch.linspace(0.0, 1.0, len(atoms), dtype=torch.float64)
+    subset = torch.arange(len(atoms)) % 3 == 1
+    for inputs in ({"weights": weights}, {"centers": subset}, {"centers": subset, "weights": weights}):
+        pot.set_centres_per_chunk(0)
+        one = _detached(pot(batch, compute_stress=True, **inputs))
+        pot.set_centres_per_chunk((3, 5))
+        out = _detached(pot(batch, compute_stress=True, **inputs))
+        for key in CHUNK_KEYS:
+            if key != ENERGY_DISAGREEMENT or "weights" in inputs:  # forced weights: the sets are exact
+                torch.testing.assert_close(out[key], one[key], rtol=0, atol=1e-10, msg=f"{list(inputs)}: {key}")
+    out = _detached(pot(batch, compute_forces=False))
+    assert K.FORCES not in out
+    torch.testing.assert_close(out[K.ENERGY], ref[K.ENERGY], rtol=0, atol=1e-10)
+    # no centre at all: zeros of the right shapes
+    empty = _detached(pot(batch, centers=torch.zeros(len(atoms), dtype=torch.bool)))
+    assert float(empty[K.ENERGY].abs().max()) == 0.0 and empty[K.FORCES].shape == (len(atoms), 3)
+
+
+def test_chunked_contract_calculator_and_timer():
+    pot = _potential()
+    pot.set_centres_per_chunk((4, 9))
+    atoms = _slab(layers=3)
+    atoms.pbc = True
+    other = pt_bulk(repeat=(2, 2, 2), cubic=True, rattle=0.1)
+    other.symbols[5] = "O"
+    # batches of several structures (pairs of the centre sets sorted across structures) and centre partitions
+    validate_model_outputs(pot, [atoms, other, _slab(layers=3)], r_max=pot.r_max, atol=1e-9)
+    one_pass = AdaptiveMixturePotential(*pot.experts)
+    ref = _detached(one_pass(_batch(atoms, pot)))
+    calls = pot.centres.n_calls
+    moved = atoms.copy()
+    moved.calc = AdaptiveCalculator(pot, skin=0.5)
+    assert moved.get_potential_energy() == pytest.approx(float(ref[K.ENERGY][0]), abs=1e-10)
+    np.testing.assert_allclose(moved.get_forces(), ref[K.FORCES].numpy(), atol=1e-10)
+    assert pot.centres.n_calls == calls + 1  # the centre sets are updated once per call, not per chunk
+    timer = ExpertTimer(pot, torch.device("cpu"))
+    with timer.timing():
+        pot(_batch(atoms, pot))
+    assert all(seconds > 0 for seconds in timer.seconds.values()) and set(timer.seconds) == {"hf", "lf"}
+    # the no-chunk path is the one pass, bit for bit
+    pot.set_centres_per_chunk(0)
+    out = _detached(pot(_batch(atoms, pot)))
+    for key in (K.ENERGY, K.PER_ATOM_ENERGY, K.FORCES):
+        assert torch.equal(out[key], ref[key])
+    with pytest.raises(ValueError, match=">= 0"):
+        pot.set_centres_per_chunk(-1)
+    with pytest.raises(ValueError, match="one entry per expert"):
+        pot.set_centres_per_chunk([4])
+    pot.set_centres_per_chunk([4, 0])
+    assert (pot.chunk_size(HF_INDEX), pot.chunk_size(LF_INDEX)) == (4, 0)
+
+
+def test_lambda_of_an_atom_range_equals_the_full_lambda():
+    pot = _potential()
+    atoms = _slab()
+    batch = _batch(atoms, pot)
+    sets = pot.sets(batch)
+    pos = batch[K.POSITIONS].to(pot.dtype)
+    full = sets.weights(pos, batch[K.CELL], batch[K.BATCH], r_in=R_IN, r_out=R_OUT)
+    adsorbate = sets.adsorbate
+    for first, stop in ((0, len(atoms)), (0, 1), (3, 17), (20, 21), (9, 9), (30, len(atoms))):
+        part = sets.weights(pos, batch[K.CELL], batch[K.BATCH], r_in=R_IN, r_out=R_OUT, atoms=(first, stop))
+        inside = torch.zeros(len(atoms), dtype=torch.bool)
+        inside[first:stop] = True
+        assert torch.equal(part[inside | adsorbate], full[inside | adsorbate])
+        assert bool((part[~inside & ~adsorbate] == 0).all())
+
+
+def test_chunks_skip_exactly_the_atoms_of_zero_terms_at_the_radii():
+    # Pt atoms at r_in and r_out exactly (and just inside r_out) from a C atom: lambda exactly 1 / 0 with zero
+    # gradient there, so skipping them (LF at r_in, HF at r_out) changes nothing
+    positions = [[0.0, 0.0, 0.0], [R_IN, 0.0, 0.0], [0.0, R_OUT, 0.0], [0.0, 0.0, R_OUT - 1e-7],
+                 [-0.5 * (R_IN + R_OUT), 0.0, 0.0], [0.0, -R_OUT - 0.3, 0.0], [-2.0, 2.0, 0.0]]
+    atoms = Atoms("CPt6", positions=positions)
+    one_pass = _potential()
+    chunked = AdaptiveMixturePotential(*one_pass.experts)
+    chunked.set_centres_per_chunk(1)
+    batch = _batch(atoms, one_pass)
+    ref = _detached(one_pass(batch))
+    out = _detached(chunked(batch))
+    lam = ref[LAMBDA]
+    # atom 3: lambda rounds to 0 but its gradient does not vanish: HF evaluates it
+    assert lam.tolist()[:4] == [1.0, 1.0, 0.0, 0.0] and float(lam[5]) == 0.0
+    assert out[HF_CENTRES].tolist() == [True, True, False, True, True, False, True]
+    assert out[LF_CENTRES].tolist() == [False, False, True, True, True, True, False]
+    assert bool(ref[HF_CENTRES][2]) and bool(ref[LF_CENTRES][1])  # the one pass evaluated them (margin)
+    for key in (K.ENERGY, K.PER_ATOM_ENERGY, K.FORCES):
+        torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-12)

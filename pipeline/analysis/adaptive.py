@@ -373,14 +373,14 @@ def trace_row(run: str, partition: str, trace: RunTrace, *, bias_k: float, bias_
 @dataclass(frozen=True)
 class PartitionSettings:
     """How the cases are built (from ``md``): radii and margin of the adaptive partition, the Verlet skin, the
-    device, and the chunk sizes of the timed static and full-HF cases (``md.centres_per_chunk``)."""
+    device, and the chunk sizes of the timed adaptive, static and full-HF cases (``md.centres_per_chunk``)."""
 
     r_in: float
     r_out: float
     margin: float
     skin: float
     device: torch.device = torch.device("cpu")
-    chunks: tuple[int, int] = (0, 0)  # centres per chunk of HF and LF in the timed static and full-HF cases
+    chunks: tuple[int, int] = (0, 0)  # centres per chunk of HF and LF in the timed adaptive, static, full-HF cases
 
 
 def make_case(
@@ -431,12 +431,14 @@ def time_cases(cases: Mapping[str, Calculator], atoms: Atoms, *, repeats: int, w
 def speed_cases(
     hf: AllegroModel, lf: AllegroModel, slab: Atoms, settings: PartitionSettings, expert: np.ndarray,
 ) -> tuple[dict[str, Calculator], dict[str, PartitionProbe]]:
-    """The timed cases: ``adaptive`` (one pass, its only mode), ``static`` and ``full_hf`` as the MD stage runs
-    them (:class:`~pipeline.md.calculator.MixtureCalculator`, centres in chunks of ``settings.chunks``), and
-    ``full_hf_one_pass`` (the MD runs' :class:`~pipeline.models.calculator.AllegroCalculator`, one pass)."""
+    """The timed cases: ``adaptive`` (:class:`~pipeline.md.adaptive.AdaptiveCalculator`), ``static`` and
+    ``full_hf`` as the MD stage runs them (:class:`~pipeline.md.calculator.MixtureCalculator`), all three with
+    the centres in chunks of ``settings.chunks``, and ``full_hf_one_pass`` (the MD runs'
+    :class:`~pipeline.models.calculator.AllegroCalculator`, one pass)."""
     n = len(slab)
     cases, probes = {}, {}
     cases["adaptive"], probes["adaptive"] = make_case("adaptive", hf, lf, slab, settings)
+    cases["adaptive"].potential.set_centres_per_chunk(list(settings.chunks))
     for name, experts, partition in (("static", (hf, lf), expert), ("full_hf", (hf,), np.zeros(n, dtype=np.int64))):
         potential = MixturePotential(list(experts), names=("hf", "lf")[: len(experts)])
         potential.set_centres_per_chunk(list(settings.chunks[: len(experts)]))
@@ -655,9 +657,9 @@ def write_adaptive(
         f"atom Pt(111) slab (analysis.speed.layers layers) with CO on top sites at coverage {result.co_coverage:g} "
         "per top-layer Pt (analysis.speed.co_coverage), Verlet list and centre sets kept, median of "
         f"{protocol.speed_repeats} interleaved repeats after {protocol.speed_warmup} warm-up evaluations "
-        "(time.perf_counter). Full HF and the static partition (same rule as B) are timed as the MD stage runs "
-        f"them, centres in chunks of {settings.chunks[0]} (HF) / {settings.chunks[1]} (LF) (md.centres_per_chunk); "
-        "the adaptive partition has one pass only (no chunking). speedup_vs_hf_one_pass: against full HF in one "
+        "(time.perf_counter). Full HF, the static partition (same rule as B) and the adaptive partition are timed "
+        f"with the centres in chunks of {settings.chunks[0]} (HF) / {settings.chunks[1]} (LF) (md.centres_per_chunk; "
+        "full HF and static as the MD stage runs them). speedup_vs_hf_one_pass: against full HF in one "
         "pass (the MD runs' AllegroCalculator; speed_full_hf_one_pass_ms), which is slow on large cells (memory). "
         "speed_hf_centres: the HF centres on that slab; speed_step_ms: the case's median time. md_step_ms: mean "
         "wall time of one MD step of the run (224-atom cell: integration and bookkeeping included). CPU timings "

@@ -16,7 +16,14 @@ atom is equidistant from two adsorbate atoms (no min over atoms). Adsorbate atom
 (their own pair ``d_jj = 0`` is never formed). Forces and stress come from ONE autograd pass over the
 total, through the experts and through lambda (:func:`pipeline.models.evaluate_with_derivatives`, as the
 static :class:`~pipeline.md.potential.MixturePotential`); lambda depends on pair vectors only, so the
-total momentum is conserved and the strain derivative (virial) is exact.
+total momentum is conserved and the strain derivative (virial) is exact. With ``centres_per_chunk`` > 0
+(:meth:`AdaptiveMixturePotential.set_centres_per_chunk`, as the static mixture) the centres are evaluated
+in chunks, each with its own backward pass, summed: an HF chunk C gives ``sum_{i in C} lambda_i e_i^HF``,
+an LF chunk ``sum_{i in C} (1 - lambda_i) e_i^LF``, lambda of the chunk's atoms recomputed in the chunk's
+pass (so its gradient reaches the adsorbate atoms and the strain): the same function and derivatives, to
+rounding, at a cost per atom that does not grow with the system. The chunks hold only the atoms of the
+kept sets (below) whose term may be nonzero at the current positions (:meth:`AdaptiveSets.active`), i.e.
+the cost of margin 0 without its rebuilds.
 
 LF never saw C or O in training (``train.lf_data: bulk_atoms``). An atom with ``lambda < 1`` has every
 adsorbate atom farther than ``r_in``; Allegro is strictly local (an atom's energy depends on neighbours
@@ -79,7 +86,7 @@ from pipeline.md.evaluator import VerletBatch
 from pipeline.md.potential import EdgeSplit, ExpertCall
 from pipeline.models import AllegroModel, edge_vectors, evaluate_with_derivatives, load_checkpoint
 from pipeline.models.calculator import PotentialCalculator
-from pipeline.models.contract import EXPERT_WEIGHTS
+from pipeline.models.contract import EXPERT_WEIGHTS, VIRIAL
 from pipeline.models.geometry import centre_mask
 
 __all__ = [
@@ -224,19 +231,55 @@ class AdaptiveSets:
 
     def weights(
         self, positions: torch.Tensor, cell: torch.Tensor, batch_index: torch.Tensor, *, r_in: float, r_out: float,
-        strain: torch.Tensor | None = None,
+        strain: torch.Tensor | None = None, atoms: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """``lambda`` ``(n_atoms,)``, differentiable in ``positions`` and ``strain``."""
+        """``lambda`` ``(n_atoms,)``, differentiable in ``positions`` and ``strain``.
+
+        ``atoms = (first, stop)``: only the non-adsorbate atoms ``first <= i < stop`` get their weight (bit-identical
+        to the full evaluation, with its dependence on the adsorbate positions), the others 0 (adsorbates 1);
+        the cost is that of their pairs only (a contiguous slice: the pairs are sorted by ``i``).
+        """
         lam = positions.new_zeros(positions.shape[0])
-        if self.edge_index.shape[1]:
-            vectors = edge_vectors(positions, cell, batch_index, self.edge_index, self.shifts, strain)
+        edge_index, shifts, row, column, row_atom = self.edge_index, self.shifts, self.row, self.column, self.row_atom
+        if atoms is not None and edge_index.shape[1]:
+            bounds = torch.tensor([int(atoms[0]), int(atoms[1])], dtype=edge_index.dtype, device=edge_index.device)
+            lo, hi = (int(b) for b in torch.searchsorted(edge_index[0].contiguous(), bounds))
+            first_row = int(row[lo]) if hi > lo else 0
+            stop_row = int(row[hi - 1]) + 1 if hi > lo else 0
+            edge_index, shifts, column = edge_index[:, lo:hi], shifts[lo:hi], column[lo:hi]
+            row, row_atom = row[lo:hi] - first_row, row_atom[first_row:stop_row]
+        if edge_index.shape[1]:
+            vectors = edge_vectors(positions, cell, batch_index, edge_index, shifts, strain)
             squared = (vectors * vectors).sum(dim=1)
             # below r_in the switch is constant: the clamp keeps the gradient finite for coincident atoms
             distance = torch.sqrt(squared.clamp(min=(0.5 * r_in) ** 2))
             factor = 1.0 - switch(distance, r_in, r_out)  # [P], 1 beyond r_out
-            table = positions.new_ones(self.row_atom.numel(), self.width).index_put((self.row, self.column), factor)
-            lam = lam.index_add(0, self.row_atom, 1.0 - table.prod(dim=1))
+            table = positions.new_ones(row_atom.numel(), self.width).index_put((row, column), factor)
+            lam = lam.index_add(0, row_atom, 1.0 - table.prod(dim=1))
         return lam + self.adsorbate.to(lam.dtype)
+
+    def active(
+        self, positions: torch.Tensor, cell: torch.Tensor, batch_index: torch.Tensor, *, r_in: float, r_out: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hf, lf)`` ``(n_atoms,)`` bool: the atoms of :attr:`hf` / :attr:`lf` whose HF / LF term may be nonzero
+        at ``positions``, from the kept pairs (no rebuild).
+
+        HF: the adsorbates and the atoms with a pair shorter than ``r_out``; LF: the non-adsorbate atoms with
+        no pair within ``r_in``. An atom left out has ``lambda`` exactly 0 (every pair at ``x >= 1``) or 1 (a
+        factor exactly 0 at ``x <= 0``) with exactly zero gradient (the switch is flat there and the clamp
+        stops the gradient), so its term and its derivatives are exactly zero. The distances are those of
+        :meth:`weights` (same formula), so the comparison agrees with its clamp.
+        """
+        hf, lf = self.adsorbate.clone(), ~self.adsorbate
+        if self.edge_index.shape[1]:
+            with torch.no_grad():
+                vectors = edge_vectors(positions.detach(), cell, batch_index, self.edge_index, self.shifts)
+                squared = (vectors * vectors).sum(dim=1)
+                distance = torch.sqrt(squared.clamp(min=(0.5 * r_in) ** 2))
+            centre = self.edge_index[0]
+            hf[centre[distance < r_out]] = True
+            lf[centre[distance <= r_in]] = False
+        return hf & self.hf, lf & self.lf
 
 
 class AdaptiveCentres:
@@ -365,7 +408,7 @@ class AdaptiveMixturePotential(torch.nn.Module):
         self.names = names
         self.species = tuple(hf.species)
         self.calls = torch.nn.ModuleList(ExpertCall(k, name) for k, name in enumerate(names))
-        self.centres_per_chunk = 0  # not supported: one pass (keeps ExpertTimer's interface)
+        self.centres_per_chunk: int | tuple[int, ...] = 0  # set_centres_per_chunk
         self.r_in, self.r_out = r_in, r_out
         self.adsorbate_species = tuple(s for s in adsorbate_species if s in self.species)
         self.register_buffer(
@@ -387,9 +430,35 @@ class AdaptiveMixturePotential(torch.nn.Module):
     def margin(self) -> float:
         return self.centres.margin
 
-    def chunk_size(self, k: int) -> int:  # noqa: ARG002
-        """0: no chunking (the interface of :class:`~pipeline.md.potential.MixturePotential` for timers)."""
-        return 0
+    def set_centres_per_chunk(self, sizes: int | Sequence[int]) -> None:
+        """Set :attr:`centres_per_chunk`: one size for both experts or one per expert (``[hf, lf]``), each >= 0
+        (as :meth:`pipeline.md.potential.MixturePotential.set_centres_per_chunk`)."""
+        values = [sizes] if isinstance(sizes, int) else list(sizes)
+        if any(int(n) < 0 for n in values):
+            raise ValueError(f"centres_per_chunk must be >= 0, got {sizes}")
+        if not isinstance(sizes, int) and len(values) != len(self.experts):
+            raise ValueError(f"centres_per_chunk needs one entry per expert ({len(self.experts)}), got {values}")
+        self.centres_per_chunk = int(sizes) if isinstance(sizes, int) else tuple(int(n) for n in values)
+
+    def chunk_size(self, k: int) -> int:
+        """Centres per chunk of expert ``k`` (0 = no chunking) from :attr:`centres_per_chunk`."""
+        size = self.centres_per_chunk
+        return size if isinstance(size, int) else size[k]
+
+    def centre_chunks(self, masks: Sequence[torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+        """``(expert index, centre mask (n_atoms,))`` of every chunk: the centres of ``masks[k]`` (expert
+        ``k``'s centre set) in index order, at most :meth:`chunk_size` per chunk (shell atoms are in one HF
+        chunk and one LF chunk)."""
+        chunks = []
+        for k, mine in enumerate(masks):
+            index = torch.nonzero(mine).squeeze(1)
+            n = int(index.numel())
+            size = self.chunk_size(k) or max(n, 1)
+            for start in range(0, n, size):
+                mask = torch.zeros_like(mine)
+                mask[index[start:start + size]] = True
+                chunks.append((k, mask))
+        return chunks
 
     @staticmethod
     def weights_from_expert(expert: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -494,7 +563,16 @@ class AdaptiveMixturePotential(torch.nn.Module):
             f = out[K.DESCRIPTORS].shape[1]
             descriptors.append(torch.nn.functional.pad(out[K.DESCRIPTORS], (0, width - f)))
         e_hf, e_lf = energies
-        per_atom = lam * e_hf + (1.0 - lam) * e_lf
+        return self._outputs(lam, energies, descriptors, masks, lam * e_hf + (1.0 - lam) * e_lf)
+
+    @staticmethod
+    def _outputs(
+        lam: torch.Tensor, energies: Sequence[torch.Tensor], descriptors: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor], per_atom: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The outputs of :meth:`atomic_outputs` from lambda, each expert's per-atom energies and (padded)
+        descriptors (zero outside its centres), the centre masks and the per-atom energies."""
+        e_hf, e_lf = energies
         evaluated = masks[HF] | masks[LF]
         both = masks[HF] & masks[LF]
         expert_weights = torch.stack([lam, 1.0 - lam], dim=1) * evaluated.unsqueeze(1).to(lam.dtype)
@@ -520,7 +598,20 @@ class AdaptiveMixturePotential(torch.nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Energy, per-atom energies, forces and optionally stress and virial (one backward pass through
         both experts and lambda): the call of the :class:`~pipeline.models.contract.Potential` contract,
-        with the own input ``weights`` (forced HF weights, optional) and the outputs of :meth:`atomic_outputs`."""
+        with the own input ``weights`` (forced HF weights, optional) and the outputs of :meth:`atomic_outputs`.
+        With :attr:`centres_per_chunk` > 0: one forward and backward pass per chunk of centres, summed
+        (:meth:`_chunked_forward`)."""
+        if any(self.chunk_size(k) for k in range(len(self.experts))):
+            return self._chunked_forward(batch, centers=centers, compute_forces=compute_forces,
+                                         compute_stress=compute_stress, weights=weights)
+        return self._pass(batch, centers=centers, compute_forces=compute_forces, compute_stress=compute_stress,
+                          weights=weights)
+
+    def _pass(
+        self, batch: dict[str, torch.Tensor], *, centers: torch.Tensor | Sequence[int] | None, compute_forces: bool,
+        compute_stress: bool, weights: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """One forward pass over ``centers`` (None: all atoms) and one backward pass."""
         return evaluate_with_derivatives(
             lambda pos, strain: self.atomic_outputs(batch, positions=pos, strain=strain, centers=centers,
                                                     weights=weights),
@@ -530,6 +621,80 @@ class AdaptiveMixturePotential(torch.nn.Module):
             compute_stress=compute_stress,
             create_graph=False,
         )
+
+    def _chunked_forward(
+        self, batch: dict[str, torch.Tensor], *, centers: torch.Tensor | Sequence[int] | None, compute_forces: bool,
+        compute_stress: bool, weights: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with :attr:`centres_per_chunk` > 0, exact to rounding.
+
+        ``E = sum_c E_c`` over the chunks of :meth:`centre_chunks`: an HF chunk ``C`` contributes
+        ``sum_{i in C} lambda_i e_i^HF``, an LF chunk ``sum_{i in C} (1 - lambda_i) e_i^LF``, each evaluated
+        with its own forward and backward pass. ``lambda_i`` of the chunk's atoms is recomputed in its pass
+        from their adsorbate pairs (:meth:`AdaptiveSets.weights` on the chunk's slice of pairs), so its
+        gradient reaches atom ``i``, the adsorbate atoms and the strain; forces, stress and virial are the
+        sums over chunks. The centre sets are updated once per call, and only their atoms whose terms may be
+        nonzero at the current positions are evaluated (:meth:`AdaptiveSets.active`: the margin's atoms of
+        weight exactly 0 or 1 are skipped, exactly); :data:`HF_CENTRES`, :data:`LF_CENTRES` and
+        :data:`ENERGY_DISAGREEMENT` report these. Per-atom energies, lambda and the other outputs are
+        assembled as in :meth:`atomic_outputs`, the energy summed from the per-atom ones.
+        """
+        pos = batch[K.POSITIONS].to(self.dtype)
+        n_atoms = pos.shape[0]
+        if weights is not None:
+            forced, sets = self.check_weights(weights, n_atoms, pos), None
+            hf_set, lf_set = forced > 0, forced < 1
+        else:  # the atoms of the kept sets whose terms may be nonzero now (the sets hold the pairs)
+            forced, sets = None, self.sets(batch, pos)
+            hf_set, lf_set = sets.active(pos, batch[K.CELL], batch[K.BATCH], r_in=self.r_in, r_out=self.r_out)
+        subset = centre_mask(centers, n_atoms, pos.device)
+        masks = [hf_set, lf_set] if subset is None else [hf_set & subset, lf_set & subset]
+        chunks = self.centre_chunks(masks)
+        if not chunks:  # no centre at all: one pass gives the zeros with the right shapes
+            return self._pass(batch, centers=centers, compute_forces=compute_forces, compute_stress=compute_stress,
+                              weights=weights)
+        split = self.split_edges(batch, masks, pos)
+        width = max(m.config.num_scalar_features for m in self.experts)
+        energies = [pos.new_zeros(n_atoms) for _ in self.experts]
+        descriptors = [pos.new_zeros(n_atoms, width) for _ in self.experts]
+        per_atom = pos.new_zeros(n_atoms)
+        totals: dict[str, torch.Tensor] = {}
+
+        for k, chunk in chunks:
+            index = torch.nonzero(chunk).squeeze(1)
+            atoms = (int(index[0]), int(index[-1]) + 1)
+            sub = dict(batch)
+            sub[K.EDGE_INDEX], sub[K.EDGE_CELL_SHIFT] = split[k]
+
+            def outputs(positions: torch.Tensor, strain: torch.Tensor | None, k: int = k, chunk: torch.Tensor = chunk,
+                        atoms: tuple[int, int] = atoms, sub: dict[str, torch.Tensor] = sub) -> dict[str, torch.Tensor]:
+                if forced is not None:
+                    lam = forced
+                else:
+                    lam = sets.weights(positions, batch[K.CELL], batch[K.BATCH], r_in=self.r_in, r_out=self.r_out,
+                                       strain=strain, atoms=atoms)
+                out = self.calls[k](self.experts[k], sub, positions=positions, strain=strain, centers=chunk)
+                energy = out[K.PER_ATOM_ENERGY]  # zero outside the chunk
+                weight = lam if k == HF else 1.0 - lam
+                return {K.PER_ATOM_ENERGY: weight * energy, "expert_energy": energy,
+                        K.DESCRIPTORS: out[K.DESCRIPTORS]}
+
+            out = evaluate_with_derivatives(outputs, batch, dtype=self.dtype, compute_forces=compute_forces,
+                                            compute_stress=compute_stress, create_graph=False)
+            per_atom = per_atom + out[K.PER_ATOM_ENERGY].detach()
+            energies[k] = energies[k] + out["expert_energy"].detach()
+            f = out[K.DESCRIPTORS].shape[1]
+            descriptors[k] = descriptors[k] + torch.nn.functional.pad(out[K.DESCRIPTORS].detach(), (0, width - f))
+            for key in (K.FORCES, K.STRESS, VIRIAL):
+                if key in out:
+                    totals[key] = out[key].detach() if key not in totals else totals[key] + out[key].detach()
+        with torch.no_grad():
+            lam = forced if forced is not None else sets.weights(pos, batch[K.CELL], batch[K.BATCH], r_in=self.r_in,
+                                                                  r_out=self.r_out)
+        result = self._outputs(lam, energies, descriptors, masks, per_atom)
+        result[K.ENERGY] = per_atom.new_zeros(int(batch[K.CELL].shape[0])).index_add(0, batch[K.BATCH], per_atom)
+        result.update(totals)
+        return result
 
     def extra_repr(self) -> str:
         return (f"names={list(self.names)}, species={list(self.species)}, r_in={self.r_in}, r_out={self.r_out}, "
