@@ -83,7 +83,7 @@ from ase import Atoms
 
 from pipeline.data import keys as K
 from pipeline.md.evaluator import VerletBatch
-from pipeline.md.potential import EdgeSplit, ExpertCall
+from pipeline.md.potential import CentreChunking, EdgeSplit, ExpertCall
 from pipeline.models import AllegroModel, edge_vectors, evaluate_with_derivatives, load_checkpoint
 from pipeline.models.calculator import PotentialCalculator
 from pipeline.models.contract import EXPERT_WEIGHTS, VIRIAL
@@ -345,7 +345,7 @@ class AdaptiveCentres:
         return self.sets
 
 
-class AdaptiveMixturePotential(torch.nn.Module):
+class AdaptiveMixturePotential(CentreChunking, torch.nn.Module):
     """HF/LF mixture with a smooth, position-dependent HF weight per atom (module docstring).
 
     Parameters
@@ -429,21 +429,6 @@ class AdaptiveMixturePotential(torch.nn.Module):
     @property
     def margin(self) -> float:
         return self.centres.margin
-
-    def set_centres_per_chunk(self, sizes: int | Sequence[int]) -> None:
-        """Set :attr:`centres_per_chunk`: one size for both experts or one per expert (``[hf, lf]``), each >= 0
-        (as :meth:`pipeline.md.potential.MixturePotential.set_centres_per_chunk`)."""
-        values = [sizes] if isinstance(sizes, int) else list(sizes)
-        if any(int(n) < 0 for n in values):
-            raise ValueError(f"centres_per_chunk must be >= 0, got {sizes}")
-        if not isinstance(sizes, int) and len(values) != len(self.experts):
-            raise ValueError(f"centres_per_chunk needs one entry per expert ({len(self.experts)}), got {values}")
-        self.centres_per_chunk = int(sizes) if isinstance(sizes, int) else tuple(int(n) for n in values)
-
-    def chunk_size(self, k: int) -> int:
-        """Centres per chunk of expert ``k`` (0 = no chunking) from :attr:`centres_per_chunk`."""
-        size = self.centres_per_chunk
-        return size if isinstance(size, int) else size[k]
 
     def centre_chunks(self, masks: Sequence[torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
         """``(expert index, centre mask (n_atoms,))`` of every chunk: the centres of ``masks[k]`` (expert

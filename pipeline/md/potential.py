@@ -83,7 +83,29 @@ class ExpertCall(torch.nn.Module):
         return f"index={self.index}, name={self.name!r}"
 
 
-class MixturePotential(torch.nn.Module):
+class CentreChunking:
+    """Centre chunking shared by the mixtures: ``centres_per_chunk`` is 0 (one pass), one size for every
+    expert, or one size per expert of ``self.experts``; each chunk of centres gets its own backward pass."""
+
+    centres_per_chunk: int | tuple[int, ...] = 0
+    experts: Sequence[torch.nn.Module]
+
+    def set_centres_per_chunk(self, sizes: int | Sequence[int]) -> None:
+        """Set :attr:`centres_per_chunk`: one size for every expert or one per expert, each >= 0."""
+        values = [sizes] if isinstance(sizes, int) else list(sizes)
+        if any(int(n) < 0 for n in values):
+            raise ValueError(f"centres_per_chunk must be >= 0, got {sizes}")
+        if not isinstance(sizes, int) and len(values) != len(self.experts):
+            raise ValueError(f"centres_per_chunk needs one entry per expert ({len(self.experts)}), got {values}")
+        self.centres_per_chunk = int(sizes) if isinstance(sizes, int) else tuple(int(n) for n in values)
+
+    def chunk_size(self, k: int) -> int:
+        """Centres per chunk of expert ``k`` (0 = no chunking) from :attr:`centres_per_chunk`."""
+        size = self.centres_per_chunk
+        return size if isinstance(size, int) else size[k]
+
+
+class MixturePotential(CentreChunking, torch.nn.Module):
     """Spatial mixture of Allegro experts with a static per-atom assignment.
 
     Parameters
@@ -277,20 +299,6 @@ class MixturePotential(torch.nn.Module):
             compute_stress=compute_stress,
             create_graph=False,
         )
-
-    def set_centres_per_chunk(self, sizes: int | Sequence[int]) -> None:
-        """Set :attr:`centres_per_chunk`: one size for every expert or one per expert, each >= 0."""
-        values = [sizes] if isinstance(sizes, int) else list(sizes)
-        if any(int(n) < 0 for n in values):
-            raise ValueError(f"centres_per_chunk must be >= 0, got {sizes}")
-        if not isinstance(sizes, int) and len(values) != len(self.experts):
-            raise ValueError(f"centres_per_chunk needs one entry per expert ({len(self.experts)}), got {values}")
-        self.centres_per_chunk = int(sizes) if isinstance(sizes, int) else tuple(int(n) for n in values)
-
-    def chunk_size(self, k: int) -> int:
-        """Centres per chunk of expert ``k`` (0 = no chunking) from :attr:`centres_per_chunk`."""
-        size = self.centres_per_chunk
-        return size if isinstance(size, int) else size[k]
 
     def centre_chunks(self, expert: torch.Tensor, centers: torch.Tensor | Sequence[int] | None = None
                       ) -> list[tuple[int, torch.Tensor]]:
