@@ -3,7 +3,8 @@ centres over time, LF next to carbon, and the speed of a step (issue 18).
 
 Three ASE NVE runs (VelocityVerlet, float64, ``md.run.timestep_fs``) of the production cell (``md.system``)
 WITHOUT fixed atoms (total momentum conserved), from the same Maxwell-Boltzmann velocities at
-``md.run.temperature_k`` (zero total momentum, seed ``seed``):
+``md.run.temperature_k`` (zero total momentum, seed ``seed``) equilibrated by ``equilibration_steps`` of
+Langevin NVT at that temperature without the bias:
 
 - ``A``: adaptive partition (:class:`~pipeline.md.adaptive.AdaptiveCalculator`, radii and margin of
   ``md.partition.adaptive``, inner radius defaulting to the LF checkpoint's ``r_max``);
@@ -48,6 +49,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.mixing import SumCalculator
 from ase.geometry import find_mic
+from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
@@ -97,9 +99,17 @@ class AdaptiveProtocol:
         Size of the timing slab (about), atoms.
     speed_repeats, speed_warmup : int
         Timed and warm-up evaluations per case.
+    equilibration_steps : int
+        Langevin NVT steps at ``md.run.temperature_k`` (friction ``friction_per_fs``, without the bias) before
+        each NVE run, so that the NVE run is at the configured temperature (Maxwell-Boltzmann velocities
+        alone lose about half their kinetic energy to the potential); 0 = none.
+    friction_per_fs : float
+        Langevin friction of the equilibration, 1/fs.
     """
 
     steps: int = 1500
+    equilibration_steps: int = 300
+    friction_per_fs: float = 0.01
     bias_k_ev_a2: float = 0.1
     bias_offset_a: float = 4.0
     bias_direction: tuple[float, float] = (1.0, 1.0)
@@ -246,6 +256,8 @@ def run_nve(
     biased_atom: int,
     max_temperature_k: float = math.inf,
     max_energy_change_ev_atom: float = math.inf,
+    equilibration_steps: int = 0,
+    friction_per_fs: float = 0.01,
 ) -> RunTrace:
     """NVE (velocity Verlet) of a copy of ``atoms`` with ``potential`` (+ ``bias``), Maxwell-Boltzmann start.
 
@@ -266,14 +278,22 @@ def run_nve(
     max_temperature_k, max_energy_change_ev_atom : float
         Blow-up limits: the run stops (``completed`` False) when the temperature or the change of the
         conserved energy per atom exceeds them, or an energy is not finite.
+    equilibration_steps, friction_per_fs
+        Langevin NVT steps at ``temperature_k`` with ``potential`` alone (no bias) before the NVE run, and
+        their friction (1/fs); the NVE run (with the bias) starts where they end, total momentum removed.
     """
     atoms = atoms.copy()
     atoms.set_constraint()
-    atoms.calc = potential if bias is None else SumCalculator([potential, bias])
     # Maxwell-Boltzmann momenta (drawn here: the ASE function changed between the supported versions)
     sigma = np.sqrt(atoms.get_masses() * units.kB * temperature_k)[:, None]
     atoms.set_momenta(np.random.default_rng(seed).standard_normal((len(atoms), 3)) * sigma)
     Stationary(atoms)
+    if equilibration_steps > 0:
+        atoms.calc = potential
+        Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_k, friction=friction_per_fs / units.fs,
+                 rng=np.random.default_rng(seed + 1)).run(equilibration_steps)
+        Stationary(atoms)
+    atoms.calc = potential if bias is None else SumCalculator([potential, bias])
     symbols = np.asarray(atoms.get_chemical_symbols())
     carbon, platinum = np.flatnonzero(symbols == "C"), np.flatnonzero(symbols == "Pt")
     dt = timestep_fs * units.fs
@@ -499,7 +519,8 @@ def adaptive_runs(
                  len(atoms), protocol.steps, timestep_fs, protocol.bias_k_ev_a2, biased, np.round(target, 3).tolist())
         trace = run_nve(atoms, calc, probe, steps=protocol.steps, timestep_fs=timestep_fs, temperature_k=temperature_k,
                         seed=seed, bias=bias, biased_atom=biased, max_temperature_k=max_temperature_k,
-                        max_energy_change_ev_atom=max_energy_change_ev_atom)
+                        max_energy_change_ev_atom=max_energy_change_ev_atom,
+                        equilibration_steps=protocol.equilibration_steps, friction_per_fs=protocol.friction_per_fs)
         row = trace_row(run, partition, trace, bias_k=protocol.bias_k_ev_a2, bias_offset_a=protocol.bias_offset_a)
         log.info("run %s: %d steps, %.1f ms/step, %.0f K, drift %.4g +- %.2g meV/atom/ps, CO moved %.2f A, HF centres "
                  "%.0f (%d-%d)", run, row["steps"], row["md_step_ms"], row["temperature_k"], row["drift_mev_atom_ps"],
@@ -635,7 +656,8 @@ def write_adaptive(
         f"Experts: the {pair} pair{files}, float64, {settings.device}, torch threads {result.threads}. Cell: md.system "
         f"({int(first['n_atoms'])} atoms) with NO fixed atoms; ASE velocity Verlet NVE at {first['timestep_fs']:g} fs "
         "from Maxwell-Boltzmann velocities at md.run.temperature_k (total momentum removed; same velocities "
-        "for every run). A: adaptive partition (AdaptiveCalculator, " + radii + "); B: static partition "
+        f"for every run) after {protocol.equilibration_steps} steps of Langevin NVT at that temperature (friction "
+        f"{protocol.friction_per_fs:g}/fs, without the bias). A: adaptive partition (AdaptiveCalculator, " + radii + "); B: static partition "
         f"(MixtureCalculator, rule {result.static_rule} applied once to the starting cell); C: full HF "
         "(AllegroCalculator).",
         f"Bias (part of the Hamiltonian, ase SumCalculator): E_bias = 0.5 k |xy_C - xy_target|^2 on the C atom of "

@@ -40,6 +40,8 @@ class AdaptiveTable(Command):
                            help="atoms of the timing slab (about; 0: no timing)")
         group.add_argument("--speed-repeats", type=int, default=None, help="timed evaluations per case (median)")
         group.add_argument("--speed-warmup", type=int, default=None, help="warm-up evaluations per case")
+        group.add_argument("--equilibration-steps", type=int, default=None,
+                           help="Langevin NVT steps at md.run.temperature_k before each NVE run (0: none)")
         add_table_outputs(parser, png="lambda over time, HF centres and CO displacement")
 
     @staticmethod
@@ -49,7 +51,8 @@ class AdaptiveTable(Command):
         cfg = config_from_args(args)
         protocol = protocol_with(steps=args.steps, bias_k_ev_a2=args.bias_k, bias_offset_a=args.bias_offset,
                                  bias_direction=args.bias_direction, speed_n_atoms=args.speed_atoms,
-                                 speed_repeats=args.speed_repeats, speed_warmup=args.speed_warmup)
+                                 speed_repeats=args.speed_repeats, speed_warmup=args.speed_warmup,
+                                 equilibration_steps=args.equilibration_steps)
         result = adaptive_table(cfg, hf=args.hf, lf=args.lf, protocol=protocol)
         write_adaptive(result, csv=args.csv, md=args.md, png=args.png, pair=args.pair,
                        checkpoints={"hf": args.hf, "lf": args.lf})
