@@ -222,15 +222,19 @@ def _read_only(name: str) -> property:
 # ----------------------------------------------------------------------------- host coupling
 
 
-class FakeMLIAPData:
-    """``MLIAPDataPy`` of src/ML-IAP/mliap_unified_couple.pyx over a :class:`LammpsSide`."""
+class _FakeDataBase:
+    """What both couplings' ``MLIAPDataPy`` expose alike: the counts and the read-only neighbour arrays of a
+    :class:`LammpsSide` (a never-grown array is NULL -> None), each array passed through :meth:`_wrap`."""
 
     def __init__(self, lammps: LammpsSide) -> None:
         self._lmp = lammps
 
+    def _wrap(self, memory: np.ndarray, name: str):
+        return memory
+
     def _get(self, name: str):
         a = self._lmp.arrays[name]
-        return None if a.size == 0 and name != "elems" else a  # never-grown arrays are NULL -> None
+        return None if a.size == 0 and name != "elems" else self._wrap(a, name)
 
     nlistatoms = property(lambda self: self._lmp.nlistatoms)
     npairs = property(lambda self: self._lmp.npairs)
@@ -243,12 +247,17 @@ class FakeMLIAPData:
     elems = _read_only("elems")
     iatoms = _read_only("iatoms")
     ielems = _read_only("ielems")
-    numneighs = _read_only("numneighs")
     pair_i = _read_only("pair_i")
     jatoms = _read_only("jatoms")
     pair_j = _read_only("jatoms")
     jelems = _read_only("jelems")
     rij = _read_only("rij")
+
+
+class FakeMLIAPData(_FakeDataBase):
+    """``MLIAPDataPy`` of src/ML-IAP/mliap_unified_couple.pyx over a :class:`LammpsSide`."""
+
+    numneighs = _read_only("numneighs")
     f = property(lambda self: self._lmp.f)
 
     def _set_eatoms(self, value) -> None:
@@ -309,36 +318,15 @@ class FakeDeviceArray:
         return self.shape[0]
 
 
-class FakeKokkosMLIAPData:
+class FakeKokkosMLIAPData(_FakeDataBase):
     """``MLIAPDataPy`` of src/KOKKOS/mliap_unified_couple_kokkos.pyx over a :class:`LammpsSide`."""
 
     def __init__(self, lammps: LammpsSide, *, dev: int) -> None:
-        self._lmp = lammps
+        super().__init__(lammps)
         self._dev = dev  # cdef MLIAPDataKokkosDevice *data -> data.dev: not visible from Python
 
-    def _create_array(self, memory: np.ndarray, name: str):
+    def _wrap(self, memory: np.ndarray, name: str):
         return FakeDeviceArray(memory, name, self._lmp) if self._dev == 1 else memory
-
-    def _get(self, name: str):
-        a = self._lmp.arrays[name]
-        return None if a.size == 0 and name != "elems" else self._create_array(a, name)
-
-    nlistatoms = property(lambda self: self._lmp.nlistatoms)
-    npairs = property(lambda self: self._lmp.npairs)
-    ntotal = property(lambda self: self._lmp.ntotal)
-    natomneigh = property(lambda self: self._lmp.nlistatoms)
-    eflag = property(lambda self: 1)
-    vflag = property(lambda self: self._lmp.vflag)
-    ndescriptors = property(lambda self: 1)
-    nparams = property(lambda self: 1)
-    elems = _read_only("elems")
-    iatoms = _read_only("iatoms")
-    ielems = _read_only("ielems")
-    pair_i = _read_only("pair_i")
-    jatoms = _read_only("jatoms")
-    pair_j = _read_only("jatoms")
-    jelems = _read_only("jelems")
-    rij = _read_only("rij")
 
     @property
     def numneighs(self):
@@ -346,13 +334,13 @@ class FakeKokkosMLIAPData:
 
     @property
     def f(self):
-        return self._create_array(self._lmp.f, "f")
+        return self._wrap(self._lmp.f, "f")
 
     @property
     def eatoms(self):  # a getter only: the view to fill in place
         if self._lmp.nlistatoms == 0:
             raise ValueError("attempt to set NULL eatoms")
-        return self._create_array(self._lmp.eatoms, "eatoms")
+        return self._wrap(self._lmp.eatoms, "eatoms")
 
     def _set_energy(self, value) -> None:
         self._lmp.energy = cython_double(value)  # data.energy[0] = <double>value
