@@ -731,14 +731,23 @@ def _validator_filling_defaults(schema: dict[str, Any]) -> jsonschema.protocols.
     return cls(schema)
 
 
-def _format_error(err: jsonschema.ValidationError) -> str:
-    key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+def _format_error(err: jsonschema.ValidationError, prefix: str = "") -> str:
+    key = ".".join([prefix, *map(str, err.absolute_path)] if prefix else map(str, err.absolute_path)) or "<top level>"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         return f"config key '{key}': {err.message}; allowed keys here: {', '.join(allowed)}"
     expected = err.schema.get("description", "")
     hint = f" (expected: {expected.strip()})" if expected else ""
     return f"config key '{key}': {err.message}{hint}"
+
+
+def _fill_and_check(schema: dict[str, Any], instance: dict[str, Any], *, what: str, prefix: str = "") -> None:
+    """Fill ``schema``'s defaults into ``instance`` in place and raise :class:`ConfigError` listing every
+    violation, each key named (dotted, under ``prefix``)."""
+    validator = _validator_filling_defaults(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError(f"invalid {what}:\n  " + "\n  ".join(_format_error(e, prefix) for e in errors))
 
 
 def validate_config_dict(raw: dict[str, Any] | None) -> dict[str, Any]:
@@ -752,10 +761,7 @@ def validate_config_dict(raw: dict[str, Any] | None) -> dict[str, Any]:
     instance = copy.deepcopy(raw) if raw else {}
     if not isinstance(instance, dict):
         raise ConfigError(f"the configuration must be a mapping, got {type(instance).__name__}")
-    validator = _validator_filling_defaults(load_schema())
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_format_error(e) for e in errors))
+    _fill_and_check(load_schema(), instance, what="configuration")
     return instance
 
 
@@ -831,13 +837,9 @@ def expert_config(values: dict[str, Any], *, where: str = "expert") -> ExpertCon
     64
     """
     schema = load_schema()
-    validator = _validator_filling_defaults({**schema["$defs"]["expert"], "$defs": schema["$defs"]})
     instance = json.loads(json.dumps(dict(values)))  # a copy with tuples as lists, as YAML gives them
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [_format_error(e).replace("config key '", f"config key '{where}.", 1).replace(f"'{where}.<top level>'", f"'{where}'")
-                 for e in errors]
-        raise ConfigError(f"invalid {where} configuration:\n  " + "\n  ".join(lines))
+    _fill_and_check({**schema["$defs"]["expert"], "$defs": schema["$defs"]}, instance,
+                    what=f"{where} configuration", prefix=where)
     return _build(ExpertConfig, instance)
 
 
