@@ -78,6 +78,7 @@ COMMANDS: tuple[type[Command], ...] = (
     active.AlShip,
     config_command.Config,
     adaptive.AdaptiveTable,
+    adaptive.AdaptiveSeeds,
 )
 
 

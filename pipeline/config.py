@@ -534,6 +534,31 @@ class AnalysisSpeedConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisAdaptiveConfig:
+    """The adaptive-partition table (``analysis.adaptive:``); see :mod:`pipeline.analysis.adaptive`.
+
+    Steps at ``md.run.timestep_fs``; ``bias_k_ev_a2`` in eV/A^2, ``bias_offset_a`` in A, ``bias_direction`` in
+    units of the surface cell vectors (a, b), ``friction_per_fs`` in 1/fs.
+    """
+
+    seeds: tuple[int, ...] | None = None
+    steps: int = 1500
+    equilibration_steps: int = 300
+    friction_per_fs: float = 0.01
+    bias_k_ev_a2: float = 0.1
+    bias_offset_a: float = 4.0
+    bias_direction: tuple[float, ...] = (1.0, 1.0)
+    bias_molecule: int = 0
+    speed_n_atoms: int = 2000
+    speed_repeats: int = 5
+    speed_warmup: int = 2
+
+    def seeds_or(self, fallback: tuple[int, ...]) -> tuple[int, ...]:
+        """The seeds, ``fallback`` (``robustness.seeds``) when unset."""
+        return tuple(self.seeds) if self.seeds is not None else tuple(fallback)
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     """The analysis stage (``analysis:``); see :mod:`pipeline.analysis`. Lengths in A."""
 
@@ -544,6 +569,7 @@ class AnalysisConfig:
     elastic: AnalysisElasticConfig = field(default_factory=AnalysisElasticConfig)
     interface: AnalysisInterfaceConfig = field(default_factory=AnalysisInterfaceConfig)
     speed: AnalysisSpeedConfig = field(default_factory=AnalysisSpeedConfig)
+    adaptive: AnalysisAdaptiveConfig = field(default_factory=AnalysisAdaptiveConfig)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_the_registry_keeps_every_stage_name_in_order():
     names = [command.name for command in cli.COMMANDS]
     assert len(names) == len(set(names))
-    assert names == [*STAGES, "config", "adaptive-table"]
+    assert names == [*STAGES, "config", "adaptive-table", "adaptive-seeds"]
     assert list(_subparsers(cli.build_parser())) == names
 
 
