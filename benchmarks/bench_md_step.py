@@ -1,20 +1,27 @@
 """Benchmark: cost of one MD step of full HF, full LF and the mixture against the system size.
 
 For Pt(111)+CO slabs of about ``--sizes`` atoms (6 layers, CO on 16 % of the top sites, as the speed
-analysis builds them), times one energy+forces evaluation through the MD stage's
-:class:`pipeline.md.evaluator.MixtureEvaluator` (the code the LAMMPS callback calls, Verlet list kept)
-for full HF, full LF and the mixture at HF fraction ``--hf-fraction`` (the atoms closest to a CO),
-each with the chunk sizes of ``md.centres_per_chunk`` ("chunked") and in one pass over all centres
-("one_pass", the code before chunking). Writes a CSV and a Markdown table with, per case:
+analysis builds them), times one energy+forces evaluation through the MD stage's evaluator
+(:class:`pipeline.md.evaluator.MixtureEvaluator`, or :class:`pipeline.md.adaptive.AdaptiveEvaluator` for the
+adaptive partition: the code the LAMMPS callback calls, Verlet list kept) for full HF, full LF and, by
+``--partition``, the static mixture at HF fraction ``--hf-fraction`` (the atoms closest to a CO; mode
+``moe``, the default) and / or the adaptive partition with the radii and margin of ``md.partition.adaptive``
+of ``--config`` (mode ``adaptive``; inner radius default: the LF preset's r_max), each with the chunk sizes
+of ``md.centres_per_chunk`` ("chunked") and in one pass over all centres ("one_pass", the code before
+chunking). Writes a CSV and a Markdown table with, per case:
 
 - ``step_ms``: median wall time of one step (``--repeats`` after ``--warmup``), one torch thread;
+- ``n_hf``, ``n_lf``: the centres each expert evaluates (adaptive: those of the last timed step, the atoms
+  with lambda > 0 / lambda < 1 when chunked, the margin's sets in one pass; the shell counts for both), and
+  for the adaptive rows the radii ``r_in_a``, ``r_out_a`` and ``margin_a``;
 - ``us_per_atom`` and ``linearity``: cost per atom relative to that of the smallest size of the same
   case (1.0 = perfectly linear);
 - ``speedup_vs_hf``, the edge bound ``ideal_speedup`` = 1 / (e_H + e_L c_LF / c_HF) from the per-edge
   costs of full HF and full LF of the same size and variant (e_H, e_L: the mixture's edges centred on HF
   / LF atoms within each expert's r_max, over the edges of full HF; ``edges_hf``, ``edges_lf`` per case;
   see :mod:`pipeline.analysis.speed`), ``fraction_of_ideal``, and the naive atom-fraction bound
-  ``ideal_speedup_atoms`` = 1 / (f + (1 - f) c_LF / c_HF) with per-atom costs;
+  ``ideal_speedup_atoms`` = 1 / (f + (1 - f) c_LF / c_HF) with per-atom costs (adaptive: n_lf / n for
+  1 - f, f = n_hf / n);
 - ``neighbor_build_ms``: one rebuild of the Verlet list (vesin, cutoff + skin), and
   ``neighbor_share_md``: its share of the step time at ``--rebuild-rate`` rebuilds per step (the
   default rate, 368 rebuilds in 10 000 steps, is what the default 10 ps NVE run measured);
@@ -31,6 +38,7 @@ Usage::
     python benchmarks/bench_md_step.py --sizes 500 1000 2000 4000 8000 \\
         --csv benchmarks/results/bench_md_step.csv --markdown benchmarks/results/bench_md_step.md \\
         --profile 2000 --profile-markdown benchmarks/results/profile_hf.md
+    python benchmarks/bench_md_step.py --partition static adaptive --sizes 500 2000   # both partitions
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-MODES = ("hf", "lf", "moe")
+MODES = ("hf", "lf", "moe", "adaptive")  # the values of the mode column
+PARTITIONS = {"static": "moe", "adaptive": "adaptive"}  # --partition -> the mode of its cases
 VARIANTS = ("chunked", "one_pass")
 
 
@@ -59,13 +68,15 @@ def _rss_kib(field: str) -> int:
 
 
 def _setup(args: dict):
-    """Build the system, the potential and the evaluator of one case (in the worker process)."""
+    """Build the system, the potential and the evaluator of one case (in the worker process); ``expert`` is
+    None for the adaptive partition."""
     import numpy as np
     import torch
 
     from pipeline.analysis.speed import timing_slab
     from pipeline.config import MDPartitionConfig, load_config
     from pipeline.devices import DTYPES
+    from pipeline.md.adaptive import AdaptiveEvaluator, adaptive_mixture
     from pipeline.md.evaluator import MixtureEvaluator
     from pipeline.md.partition import EXPERTS, partition_atoms
     from pipeline.md.potential import MixturePotential
@@ -78,6 +89,13 @@ def _setup(args: dict):
     models = {name: build_model(getattr(cfg.models, name), cfg.species, dtype=dtype, seed=i).eval()
               for i, name in enumerate(EXPERTS)}
     mode, chunked = args["mode"], args["variant"] == "chunked"
+    if mode == "adaptive":
+        potential = adaptive_mixture(models["hf"], models["lf"], cfg.md.partition.adaptive,
+                                     adsorbate_species=cfg.regions.adsorbate_species)
+        chunks = cfg.md.centres_per_chunk.for_experts(EXPERTS) if chunked else 0
+        evaluator = AdaptiveEvaluator(potential, numbers=atoms.numbers, skin=cfg.md.neighbor_skin_a,
+                                      device=args["device"], centres_per_chunk=chunks)
+        return atoms, None, evaluator, chunks
     if mode == "moe":
         names = EXPERTS
         expert = partition_atoms(atoms, MDPartitionConfig(rule="closest_fraction", hf_fraction=args["hf_fraction"]),
@@ -121,11 +139,15 @@ def worker(args: dict) -> dict:
     peak = _rss_kib("VmHWM")
     if cuda:  # device memory is what bounds a GPU run
         peak = base + (torch.cuda.max_memory_allocated(evaluator.device) - base_gpu) // 1024
-    from pipeline.analysis.speed import expert_edges
+    from pipeline.analysis.speed import centre_edges
     from pipeline.md.neighbors import neighbor_list
 
     potential = evaluator.potential
-    counts = expert_edges(atoms, expert, [float(m.r_max) for m in potential.experts])
+    if expert is None:  # adaptive: the centres of the last timed step
+        centres = [evaluator.weights > 0, evaluator.weights < 1]
+    else:
+        centres = [expert == k for k in range(len(potential.experts))]
+    counts = centre_edges(atoms, centres, [float(m.r_max) for m in potential.experts])
     edges = {f"edges_{name}": int(count) for name, count in zip(potential.names, counts)}
     builds = []
     verlet = evaluator.neighbors
@@ -136,7 +158,9 @@ def worker(args: dict) -> dict:
     return {
         "n_atoms": len(atoms), "mode": args["mode"], "variant": args["variant"],
         "centres_per_chunk": chunks if isinstance(chunks, int) else "/".join(map(str, chunks)),
-        "n_hf": int(np.sum(expert == 0)) if args["mode"] != "lf" else 0,
+        "n_hf": evaluator.centres["hf"], "n_lf": evaluator.centres["lf"],
+        **({"r_in_a": potential.r_in, "r_out_a": potential.r_out, "margin_a": potential.margin}
+           if expert is None else {}),
         "step_ms": 1000.0 * statistics.median(times), "best_ms": 1000.0 * min(times),
         "neighbor_build_ms": 1000.0 * statistics.median(builds), "peak_mib": max(peak - base, 0) / 1024.0,
         "n_edges": int(evaluator.neighbors.edge_index.shape[1]),
@@ -202,7 +226,8 @@ def build_table(rows: list[dict], *, hf_fraction: float, rebuild_rate: float):
         edge_fraction.append(e_hf)
         ideal.append(ideal_speedup(e_hf, e_lf=e_lf, c_hf=hf["step_ms"] / hf["edges_hf"],
                                    c_lf=lf["step_ms"] / lf["edges_lf"]))
-        ideal_atoms.append(ideal_speedup(f, c_hf=hf["step_ms"], c_lf=lf["step_ms"]))
+        e_lf_atoms = r.n_lf / r.n_atoms if r.mode == "adaptive" else None  # shell atoms: centres of both
+        ideal_atoms.append(ideal_speedup(f, e_lf=e_lf_atoms, c_hf=hf["step_ms"], c_lf=lf["step_ms"]))
     table["hf_edge_fraction"] = edge_fraction
     table["speedup_vs_hf"] = speedup
     table["ideal_speedup"] = ideal
@@ -219,7 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"), help="presets and chunk sizes")
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000], help="approx. atoms")
-    parser.add_argument("--hf-fraction", type=float, default=0.2, help="HF fraction of the mixture")
+    parser.add_argument("--hf-fraction", type=float, default=0.2, help="HF fraction of the static mixture")
+    parser.add_argument("--partition", nargs="+", default=["static"], choices=list(PARTITIONS),
+                        help="mixture cases: static (HF fraction --hf-fraction) and / or adaptive "
+                             "(md.partition.adaptive of --config)")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the profile is CPU-only)")
@@ -242,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
 
     common = {"config": args.config, "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats,
               "warmup": args.warmup, "hf_fraction": args.hf_fraction, "device": args.device}
-    cases = [dict(common, size=n, mode=m, variant=v) for v in args.variants for n in args.sizes for m in MODES]
+    modes = ("hf", "lf", *dict.fromkeys(PARTITIONS[p] for p in args.partition))
+    cases = [dict(common, size=n, mode=m, variant=v) for v in args.variants for n in args.sizes for m in modes]
     rows = [_run_case(c) for c in tqdm(cases, desc="cases", unit="case")]
     table = build_table(rows, hf_fraction=args.hf_fraction, rebuild_rate=args.rebuild_rate)
     table.insert(0, "device", args.device)

@@ -68,7 +68,7 @@ def test_speed_table_rows(tmp_path):
     paths = write_pair(tmp_path, cfg)
     table = speed_table(cfg, hf=paths["hf"], lf=paths["lf"])
     assert tuple(table.columns) == COLUMNS
-    assert list(table["mode"]) == ["hf", "lf", "moe", "moe"]
+    assert list(table["mode"]) == ["hf", "lf", "moe", "moe", "adaptive"]
     by_mode = table.set_index("mode")
     assert by_mode.loc["hf", "speedup_vs_hf"] == pytest.approx(1.0)
     assert by_mode.loc["hf", "ideal_speedup"] == pytest.approx(1.0)
@@ -86,5 +86,16 @@ def test_speed_table_rows(tmp_path):
     assert (table["n_edges"] > 0).all() and by_mode.loc["hf", "n_edges"] == by_mode.loc["lf", "n_edges"]
     assert table["atom_steps_per_s"].tolist() == pytest.approx((table["n_atoms"] * table["steps_per_s"]).tolist())
     assert (table["threads"] == 1).all() and (table["precision"] == "float64").all()
+    # the adaptive partition on the same slab: radii of md.partition.adaptive (inner = LF r_max 4 A, outer 5.5 A)
+    adaptive = by_mode.loc["adaptive"]
+    n = adaptive["n_atoms"]
+    assert (adaptive["r_in_a"], adaptive["r_out_a"], adaptive["margin_a"]) == (4.0, 5.5, 0.5)
+    assert 0 < adaptive["n_hf"] < n and 0 < adaptive["n_lf"] < n and adaptive["n_hf"] + adaptive["n_lf"] > n
+    assert adaptive["hf_fraction"] == pytest.approx(adaptive["n_hf"] / n) and np.isnan(adaptive["target_hf_fraction"])
+    assert 0 < adaptive["hf_edge_fraction"] < 1
+    assert adaptive["centres_per_chunk"] == by_mode.loc["moe", "centres_per_chunk"].iloc[0]
+    assert adaptive["steps_per_s"] > 0 and adaptive["step_time_ms_one_pass"] > 0 and adaptive["ideal_speedup"] > 0
+    assert table.loc[table["mode"] != "adaptive", "r_in_a"].isna().all()
+    assert (table.loc[table["mode"] == "moe", "n_hf"] + table.loc[table["mode"] == "moe", "n_lf"] == n).all()
     write_speed(table, csv=tmp_path / "s.csv", md=tmp_path / "s.md", png=tmp_path / "s.png")
-    assert "Device" in (tmp_path / "s.md").read_text()
+    assert "Device" in (tmp_path / "s.md").read_text() and "mode adaptive" in (tmp_path / "s.md").read_text()

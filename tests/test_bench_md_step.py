@@ -40,3 +40,14 @@ def test_derived_columns():
     assert table.loc[("hf", 500), "kib_per_atom"] == pytest.approx(1.0)
     assert table.loc[("hf", 500), "neighbor_share_md"] == pytest.approx(0.05 * 2.0 / 500)
     assert table.loc[("moe", 1000), "hf_fraction"] == pytest.approx(0.2)
+
+
+def test_adaptive_rows_count_the_shell_for_both_experts():
+    # the adaptive partition at 500 atoms: 120 HF centres and 420 LF centres (40 in the switching shell)
+    adaptive = dict(_row(500, "adaptive", 150.0, 120), n_lf=420, edges_hf=30 * 120, edges_lf=40 * 420)
+    rows = [_row(500, "hf", 500.0, 500), _row(500, "lf", 50.0), _row(500, "moe", 140.0, 100), adaptive]
+    table = bench.build_table(rows, hf_fraction=0.2, rebuild_rate=0.05).set_index(["mode", "n_atoms"])
+    assert table.loc[("adaptive", 500), "hf_fraction"] == pytest.approx(120 / 500)
+    assert table.loc[("adaptive", 500), "ideal_speedup_atoms"] == pytest.approx(1.0 / (0.24 + 0.84 * 0.1))
+    assert table.loc[("adaptive", 500), "ideal_speedup"] == pytest.approx(1.0 / (30 * 120 / 20000 + 0.84 * 0.1))
+    assert table.loc[("moe", 500), "ideal_speedup_atoms"] == pytest.approx(1.0 / (0.2 + 0.8 * 0.1))

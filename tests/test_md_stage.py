@@ -14,7 +14,13 @@ from pipeline.cli import main
 from pipeline.config import MDSafetyConfig, config_from_dict
 from pipeline.md.evaluator import Evaluation
 from pipeline.md.safety import check_evaluation, check_thermo
-from pipeline.md.thermo import blocking_variance_of_mean, conservation_row, energy_drift
+from pipeline.md.thermo import (
+    blocking_variance_of_mean,
+    centre_figures,
+    conservation_row,
+    energy_drift,
+    read_thermo,
+)
 from pipeline.models import save_checkpoint
 
 
@@ -77,6 +83,19 @@ def test_drift_stderr_accounts_for_correlated_noise():
     assert figures["statistical_inefficiency"] == pytest.approx((1 + phi) / (1 - phi), rel=0.4)
     assert figures["drift_mev_atom_ps"] == pytest.approx(0.2, abs=3 * truth)
     assert figures["drift_mev_mobile_atom_ps"] == pytest.approx(figures["drift_mev_atom_ps"] * n_atoms / 8)
+
+
+def test_thermo_tables_without_centre_columns_stay_readable(tmp_path):
+    old = pd.DataFrame({"step": [0, 10, 20], "time_ps": [0.0, 0.01, 0.02], "atoms": 5, "econserve_ev": -1.0,
+                        "etotal_ev": -1.0, "phase": ["equilibration", "production", "production"]})
+    old.to_csv(tmp_path / "thermo.csv", index=False)
+    table = read_thermo(tmp_path / "thermo.csv")
+    assert energy_drift(table)["n_rows"] == 2
+    assert all(np.isnan(value) for value in centre_figures(table).values())
+    # a resumed run whose partial table predates the columns: the rows that have them count
+    new = table.assign(hf_centres=[np.nan, np.nan, 7.0], lf_centres=[np.nan, np.nan, 3.0])
+    assert centre_figures(new) == {"hf_centres_mean": 7.0, "hf_centres_min": 7.0, "hf_centres_max": 7.0,
+                                   "lf_centres_mean": 3.0}
 
 
 def test_energy_drift_fits_the_production_rows_only():
@@ -145,6 +164,13 @@ def test_md_stage_through_the_cli(tmp_path):
     moe, single = summaries["moe"], summaries["lf"]
     assert moe["experts"] == ["hf", "lf"] and moe["n_hf"] == 6 and moe["n_fixed"] == 4 and moe["n_atoms"] == 14
     assert single["experts"] == ["lf"] and single["n_hf"] == 0
+    # the centres per thermo row: the static partition's fixed counts; one expert: every atom on it
+    assert moe["partition_mode"] == single["partition_mode"] == "static" and "adaptive_r_in_a" not in moe
+    assert (moe["hf_centres_min"], moe["hf_centres_max"], moe["lf_centres_mean"]) == (6, 6, 8)
+    assert (single["hf_centres_mean"], single["lf_centres_mean"]) == (0, 12)
+    for run, counts in (("moe", [(6, 8)]), ("lf", [(0, 12)])):
+        thermo = pd.read_csv(tmp_path / run / "thermo.csv")
+        assert sorted(set(zip(thermo["hf_centres"], thermo["lf_centres"]))) == counts
     # the full-LF run leaves out the CO the LF expert never learned (md.full_lf_without_adsorbates)
     assert moe["n_adsorbate_atoms_removed"] == 0
     assert single["n_adsorbate_atoms_removed"] == 2 and single["n_atoms"] == 12

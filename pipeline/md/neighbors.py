@@ -65,6 +65,10 @@ class VerletList:
         self._cell: np.ndarray | None = None
         self._pbc: np.ndarray | None = None
 
+    def reset(self) -> None:
+        """Forget the list: the next :meth:`update` builds a new one (counts and times are kept)."""
+        self._reference = None
+
     def _needs_build(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
         if self._reference is None or self._reference.shape != positions.shape or self.skin == 0:
             return True

@@ -6,7 +6,9 @@ The partition is computed once, from the starting cell, by one of the rules of `
 the coordinates. Experts are numbered in the order of :data:`EXPERTS` (0 = ``hf``, 1 = ``lf``).
 
 The partition file is an extxyz of the cell with a per-atom string array ``expert`` (``hf``/``lf``)
-and ``info`` entries ``partition_rule`` and ``n_hf``; :func:`plot_partition` draws it.
+and ``info`` entries ``partition_rule`` and ``n_hf``; :func:`plot_partition` draws it. The adaptive
+partition (``md.partition.mode: adaptive``, :mod:`pipeline.md.adaptive`) is drawn by :func:`plot_weights`:
+the atoms coloured by their HF weight lambda.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pipeline.data.partition import EXPERTS, HF, LF, RULES, partition_atoms
 from pipeline.data.regions import cluster_layers, heights, substrate_mask
 
 __all__ = ["EXPERTS", "HF", "LF", "RULES", "bottom_layers", "expert_indices", "expert_names", "partition_atoms",
-           "plot_partition", "read_partition", "write_partition"]
+           "plot_partition", "plot_weights", "read_partition", "write_partition"]
 
 
 def bottom_layers(atoms: Atoms, n_layers: int, regions: RegionConfig) -> np.ndarray:
@@ -110,6 +112,48 @@ def plot_partition(atoms: Atoms, expert: np.ndarray, path: str | Path, *, title:
     fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
     fig.suptitle(title or f"MoE partition: {len(atoms)} atoms, HF fraction {n_hf / max(len(atoms), 1):.2f}")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_weights(
+    atoms: Atoms, weights: np.ndarray, path: str | Path, *, r_in: float, r_out: float, title: str | None = None,
+) -> None:
+    """Side and top views of the cell, atoms coloured by their HF weight lambda (0 = LF, blue, to 1 = HF, red;
+    ``weights`` ``(n_atoms,)``), with a colour bar; adsorbate atoms (lambda 1) drawn smaller. ``r_in``,
+    ``r_out``: the switching radii (A), for the title.
+
+    Writes a PNG to ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ase.visualize.plot import plot_atoms
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    weights = np.asarray(weights, dtype=np.float64)
+    cmap, norm = matplotlib.colormaps["coolwarm"], Normalize(vmin=0.0, vmax=1.0)
+    colors = [cmap(norm(w)) for w in weights]
+    substrate = np.array([s == "Pt" for s in atoms.get_chemical_symbols()])
+    radii = np.where(substrate, 0.6, 0.4)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1.3, 1.0]})
+    plot_atoms(atoms, axes[0], rotation="-90x", colors=colors, radii=radii)
+    axes[0].set_title("side view (x-z)")
+    plot_atoms(atoms, axes[1], rotation="", colors=colors, radii=radii)
+    axes[1].set_title("top view (x-y)")
+    for ax in axes:
+        ax.set_xlabel("x (A)")
+    axes[0].set_ylabel("z (A)")
+    axes[1].set_ylabel("y (A)")
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), orientation="horizontal", fraction=0.05,
+                       pad=0.12)
+    bar.set_label("HF weight lambda (0 = LF, 1 = HF)")
+    n_hf, n_shell = int(np.sum(weights > 0)), int(np.sum((weights > 0) & (weights < 1)))
+    fig.suptitle(title or f"adaptive partition at t = 0: {len(atoms)} atoms, {n_hf} with lambda > 0 ({n_shell} in "
+                 f"the switching shell), r_in {r_in:g} A, r_out {r_out:g} A")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,12 +1,16 @@
 """Thermo tables of MD runs and the energy-conservation figures computed from them.
 
 The thermo CSV of a run has one row per thermo step with the columns of :data:`COLUMNS` (units in the
-names; LAMMPS metal units: ps, K, eV, bar) and ``phase``: ``equilibration`` for the steps of the Langevin
+names; LAMMPS metal units: ps, K, eV, bar), ``phase``: ``equilibration`` for the steps of the Langevin
 NVT equilibration (``md.run.equilibration_steps``), ``production`` from the first production step on (the
-row at the boundary is the production's start). :func:`energy_drift` fits a straight line to the
-conserved energy of the production rows against time and reports the drift (slope) in meV/atom/ps with
-an autocorrelation-aware standard error (:func:`blocking_variance_of_mean`), the fluctuation (RMS of the
-residuals) in meV/atom and the mean temperature, the figures of ``results/tables/conservation.csv``.
+row at the boundary is the production's start), and :data:`CENTRE_COLUMNS` ``hf_centres`` / ``lf_centres``:
+the atoms the HF and the LF expert evaluated at that step (a static partition: its fixed counts; one
+expert: all atoms on it; the adaptive partition: the current centres, shell atoms counted by both).
+Tables written before these columns existed stay readable (:func:`centre_figures` gives NaN for them).
+:func:`energy_drift` fits a straight line to the conserved energy of the production rows against time and
+reports the drift (slope) in meV/atom/ps with an autocorrelation-aware standard error
+(:func:`blocking_variance_of_mean`), the fluctuation (RMS of the residuals) in meV/atom and the mean
+temperature, the figures of ``results/tables/conservation.csv``.
 
 >>> import pandas as pd
 >>> t = [0.0, 0.5, 1.0, 1.5, 2.0]
@@ -38,6 +42,8 @@ COLUMNS = {
     "c_pesum": "pe_atom_sum_ev",
     "Press": "press_bar",
 }
+# per-step centre counts of the experts, added by the MD driver (absent from older tables)
+CENTRE_COLUMNS = ("hf_centres", "lf_centres")
 # the thermo_style keywords that produce COLUMNS (press only when the virial is computed)
 THERMO_KEYWORDS = ("step", "time", "atoms", "temp", "pe", "ke", "etotal", "ecouple", "econserve", "c_pesum")
 
@@ -73,6 +79,25 @@ def production_rows(thermo: pd.DataFrame) -> pd.DataFrame:
     if "phase" not in thermo.columns:
         return thermo
     return thermo[thermo["phase"] == "production"]
+
+
+def centre_figures(thermo: pd.DataFrame) -> dict[str, float]:
+    """Mean, min and max of the HF centres (``hf_centres_mean``, ``_min``, ``_max``) and the mean LF centres
+    (``lf_centres_mean``) over the production rows (:func:`production_rows`); NaN where the table has no
+    such column or no value (a table from before :data:`CENTRE_COLUMNS`).
+
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"phase": ["equilibration", "production", "production"], "hf_centres": [9, 4, 6]})
+    >>> centre_figures(table)["hf_centres_mean"], centre_figures(table)["hf_centres_max"]
+    (5.0, 6.0)
+    """
+    production = production_rows(thermo)
+    figures = {}
+    for column, stats in (("hf_centres", ("mean", "min", "max")), ("lf_centres", ("mean",))):
+        values = production[column].dropna() if column in production.columns else pd.Series(dtype=np.float64)
+        for stat in stats:
+            figures[f"{column}_{stat}"] = float(getattr(values, stat)()) if len(values) else float("nan")
+    return figures
 
 
 def blocking_variance_of_mean(x: np.ndarray, *, confidence: float = 0.99) -> tuple[float, int]:

@@ -2,6 +2,13 @@
 # NVE/NVT run per {run}: full HF and full LF (experts of md.reference_pair), and the mixture of each
 # trained pair (moe_independent, moe_cotrained). Needs train.smk included first (expert_checkpoint).
 #
+# Adaptive partition: with md.partition.mode: adaptive the mixture runs (moe_*) use a smooth, per-step HF
+# weight lambda per atom (radii and margin of md.partition.adaptive; inner radius default: the LF
+# checkpoint's r_max; pipeline/md/adaptive.py) instead of the cell file's static partition, the thermo
+# table counts the HF and LF centres of every row, and partition.png shows lambda at t = 0 (md_system then
+# also reads models.lf for the default inner radius); same rules, same files. It runs on one MPI rank only:
+# a moe_* job with md.run.mpi_ranks > 1 and mode adaptive fails at its start, before mpirun.
+#
 # Each run writes restart files to results/md/{run}/state/ every md.run.restart_interval steps. The state
 # is NOT a declared output, so Snakemake never deletes it: a killed job rerun with --rerun-incomplete
 # resumes from the last restart. It is removed after a successful run; a leftover state from other
@@ -30,12 +37,17 @@ MD_CHECKPOINTS = {
 }
 
 
+# md_system reads models.lf (its r_max: the default inner radius of the picture) only in mode adaptive, so
+# that a static run's params, and with them its outputs, stay as they were
+MD_SYSTEM_SECTIONS = ("md", "regions", *(("models.lf",) if CFG.md.partition.mode == "adaptive" else ()))
+
+
 rule md_system:
     output:
         cell="results/md/system/cell.extxyz",
         png="results/md/system/partition.png",
     params:
-        config=stage_config("md", "regions"),
+        config=stage_config(*MD_SYSTEM_SECTIONS),
     log:
         "results/logs/md_system.log",
     benchmark:
