@@ -1,11 +1,13 @@
-"""Labelling of sampled structures with energies, forces and (bulk) stress: GPAW DFT or EMT (not DFT).
+"""Labelling of sampled structures with energies, forces and (bulk) stress: GPAW DFT, or EMT or the SevenNet-0
+teacher (:mod:`pipeline.data.teacher`), neither of them DFT.
 
 One structure at a time, each result cached as soon as it is computed (one small extxyz file per
 structure, written atomically), so a killed run loses at most the structure in flight and a rerun
 skips what is cached. A GPAW SCF that does not converge is retried once with a damped density mixer
 (``Mixer(0.05, 5, 50)``); if that fails too, the structure is recorded as failed, with its reason, in
 the failures table (and cached as failed, so a rerun does not repeat it; delete its
-``*.failed.json`` cache file to retry).
+``*.failed.json`` cache file to retry). A label that is not finite stops the run with an error naming the
+structure (:class:`NonFiniteLabel`); nothing is cached for it.
 
 Labels are attached through :class:`ase.calculators.singlepoint.SinglePointCalculator`, so
 ``ase.io.write(..., format="extxyz")`` stores them the standard way (``energy`` and ``stress`` in the
@@ -55,6 +57,10 @@ class SCFNotConverged(RuntimeError):
     """A self-consistent field calculation did not converge."""
 
 
+class NonFiniteLabel(ValueError):
+    """A calculator returned a NaN or infinite energy, force or stress."""
+
+
 @dataclass
 class LabelResult:
     """Labelled frames (input order) and failed structures (one dict per failure, FAILURE_COLUMNS)."""
@@ -84,7 +90,7 @@ def wants_stress(atoms: Atoms, cfg: LabelConfig) -> bool:
     """Whether a stress label is computed: 3D-periodic cells, stress enabled, and a mode that has it."""
     if not (cfg.stress and atoms.pbc.all()):
         return False
-    return cfg.calculator == "emt" or cfg.mode in STRESS_MODES
+    return cfg.calculator in ("emt", "sevenn") or cfg.mode in STRESS_MODES
 
 
 def _gpaw_version() -> str:
@@ -93,10 +99,22 @@ def _gpaw_version() -> str:
     return str(gpaw.__version__)
 
 
+def _setups_text(atoms: Atoms, cfg: LabelConfig) -> str:
+    """The PAW setups :func:`make_gpaw` uses: ``label.pt_setup`` for Pt, GPAW's standard ones for the rest."""
+    pt = "Pt:" + cfg.pt_setup + (" valence electrons" if cfg.pt_setup.isdigit() else "")
+    if set(atoms.get_chemical_symbols()) <= {"Pt", "C", "O"}:
+        return pt + ", C/O:paw"  # the Pt+CO sets' text (part of their cache keys)
+    return pt + ", others:paw"
+
+
 def label_metadata(atoms: Atoms, cfg: LabelConfig) -> dict:
     """The ``info`` keys that describe how ``atoms`` is labelled (calculator and DFT settings)."""
     if cfg.calculator == "emt":
         return {"label_calculator": "emt", "is_dft": False, "dft_code": "none (EMT, not DFT)"}
+    if cfg.calculator == "sevenn":
+        from pipeline.data.teacher import teacher_metadata
+
+        return teacher_metadata()
     kpts = kpoints_for(atoms, cfg)
     meta = {
         "label_calculator": "gpaw",
@@ -108,7 +126,7 @@ def label_metadata(atoms: Atoms, cfg: LabelConfig) -> dict:
         "dft_basis": cfg.basis if cfg.mode == "lcao" else "pw",
         "dft_kpts": "x".join(str(k) for k in kpts),
         "dft_smearing": f"fermi-dirac {cfg.smearing_ev:g} eV",
-        "dft_setups": "Pt:" + cfg.pt_setup + (" valence electrons" if cfg.pt_setup.isdigit() else "") + ", C/O:paw",
+        "dft_setups": _setups_text(atoms, cfg),
         "dft_spin": "spin-paired",
     }
     if cfg.mode == "lcao":
@@ -135,8 +153,10 @@ def cache_key(atoms: Atoms, cfg: LabelConfig) -> str:
     h.update(np.ascontiguousarray(atoms.pbc, dtype=bool).tobytes())
     settings = {k: v for k, v in label_metadata(atoms, cfg).items()}
     settings.update(maxiter=cfg.maxiter, stress=wants_stress(atoms, cfg))
-    if cfg.calculator == "emt":
-        settings = {"calculator": "emt", "stress": wants_stress(atoms, cfg)}
+    if cfg.calculator in ("emt", "sevenn"):
+        settings = {"calculator": cfg.calculator, "stress": wants_stress(atoms, cfg)}
+        if cfg.calculator == "sevenn":
+            settings["source"] = label_metadata(atoms, cfg)["label_source"]
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -223,13 +243,29 @@ def _compute_emt(atoms: Atoms, cfg: LabelConfig, txt: Path, *, damped: bool) -> 
     return {"energy": float(energy), "forces": np.array(forces), "stress": stress, "extra": {}}
 
 
+def _compute_sevenn(atoms: Atoms, cfg: LabelConfig, txt: Path, *, damped: bool) -> dict:
+    """Energy, forces and (3D-periodic cells) stress from the SevenNet-0 teacher: NOT DFT."""
+    from pipeline.data.teacher import teacher_labels
+
+    return teacher_labels(atoms, stress=wants_stress(atoms, cfg))
+
+
 def compute_labels(atoms: Atoms, cfg: LabelConfig, txt: Path, *, damped: bool = False) -> dict:
     """Dispatch to the configured labeller; returns ``energy``, ``forces``, ``stress``, ``extra``."""
-    if cfg.calculator == "gpaw":
-        return _compute_gpaw(atoms, cfg, txt, damped=damped)
-    if cfg.calculator == "emt":
-        return _compute_emt(atoms, cfg, txt, damped=damped)
-    raise ValueError(f"unknown label.calculator {cfg.calculator!r} (expected gpaw or emt)")
+    labellers = {"gpaw": _compute_gpaw, "emt": _compute_emt, "sevenn": _compute_sevenn}  # looked up per call
+    if cfg.calculator not in labellers:
+        raise ValueError(f"unknown label.calculator {cfg.calculator!r} (expected one of {sorted(labellers)})")
+    return labellers[cfg.calculator](atoms, cfg, txt, damped=damped)
+
+
+def check_finite(atoms: Atoms, result: dict, calculator: str) -> None:
+    """Raise :class:`NonFiniteLabel` naming the structure when any label of ``result`` is NaN or infinite."""
+    bad = [key for key in ("energy", "forces", "stress")
+           if result.get(key) is not None and not np.all(np.isfinite(result[key]))]
+    if bad:
+        raise NonFiniteLabel(
+            f"structure {atoms.info.get('structure_id')!r} (sample_index {atoms.info.get('sample_index')}, "
+            f"{atoms.get_chemical_formula()}, {len(atoms)} atoms): {calculator} returned non-finite {', '.join(bad)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,6 +296,11 @@ def label_one(atoms: Atoms, cfg: LabelConfig, *, cache_dir: Path, log_dir: Path)
     Returns
     -------
     (frame, None) on success, (None, failure record) when the SCF did not converge twice.
+
+    Raises
+    ------
+    NonFiniteLabel
+        When the calculator returns a NaN or infinite label (nothing is cached).
     """
     sid = atoms.info.get("structure_id")
     if not sid:
@@ -285,6 +326,7 @@ def label_one(atoms: Atoms, cfg: LabelConfig, *, cache_dir: Path, log_dir: Path)
             reasons.append(f"attempt {attempt} ({'damped mixer' if damped else 'default mixer'}): {exc}")
             log.warning("structure %s: %s", sid, reasons[-1])
             continue
+        check_finite(atoms, result, cfg.calculator)
         frame = _labelled_frame(atoms, cfg, result, wall_s=time.perf_counter() - t0, attempts=attempt)
         write_atomic(done, lambda tmp: write(tmp, frame, format="extxyz"))
         # return what the cache holds, so fresh and resumed runs give identical frames
