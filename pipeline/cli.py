@@ -79,6 +79,11 @@ COMMANDS: tuple[type[Command], ...] = (
     config_command.Config,
     adaptive.AdaptiveTable,
     adaptive.AdaptiveSeeds,
+    moe_study.MoePeriodicSample,
+    moe_study.MoePeriodicDataset,
+    moe_study.MoePeriodicShip,
+    moe_study.MoePeriodicCheckSample,
+    moe_study.MoePeriodicCheckTable,
 )
 
 

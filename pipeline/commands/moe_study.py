@@ -1,5 +1,6 @@
-"""The MoE routing study: ``moe-emt-sample``, ``moe-emt-dataset``, ``moe-study-train``, ``moe-study-report``
-(workflow/rules/moe_study.smk)."""
+"""The MoE routing study: ``moe-emt-sample``, ``moe-emt-dataset``, the periodic-table set (``moe-periodic-sample``,
+``moe-periodic-dataset``, ``moe-periodic-ship``, ``moe-periodic-check-sample``, ``moe-periodic-check-table``),
+``moe-study-train``, ``moe-study-report`` (workflow/rules/moe_study.smk)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,121 @@ class MoeEmtDataset(Command):
         emt_dataset(cfg.moe_study.emt, cfg.seed, args.labelled, args.dataset)
 
 
+class MoePeriodicSample(Command):
+    name = "moe-periodic-sample"
+    short_description = "sample the periodic-table set of the MoE study (bulk, alloys, compounds, surfaces)"
+    description = (
+        "Builds the structures of moe_study.periodic (deterministic for its seed), unlabelled, for the label "
+        "stage with label.calculator: sevenn (the SevenNet-0 teacher, NOT DFT)."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--output", required=True, help="output: unlabelled structures, extxyz")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.data.periodic_set import write_periodic
+
+        write_periodic(config_from_args(args).moe_study.periodic, args.output)
+
+
+class MoePeriodicDataset(Command):
+    name = "moe-periodic-dataset"
+    short_description = "teacher-labelled periodic-table frames -> the MoE study's dataset (regions, splits)"
+    description = (
+        "Checks every frame is marked label_level=teacher (not DFT), labels all atoms bulk and assigns "
+        "deterministic train/validation/test splits by group (moe_study.periodic fractions and seed)."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--labelled", required=True, help="input: teacher-labelled frames, extxyz")
+        parser.add_argument("--dataset", required=True, help="output: dataset, extxyz")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.data.periodic_ship import periodic_dataset
+
+        periodic_dataset(config_from_args(args).moe_study.periodic, args.labelled, args.dataset)
+
+
+class MoePeriodicShip(Command):
+    name = "moe-periodic-ship"
+    short_description = "ship the teacher-labelled periodic-table set to moe_study.periodic.path with a README"
+    description = (
+        "Copies the labelled frames to moe_study.periodic.path and writes README.md beside it (how the set was "
+        "made, the command, counts per family and element, the teacher and its licence); refuses sets over 20 MB."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--labelled", required=True, help="input: teacher-labelled frames, extxyz")
+        parser.add_argument("--receipt", required=True, help="output: frames per family of the shipped set, CSV")
+        parser.add_argument("--command", default=None, help="the command that produced the set (README)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.atomic import write_atomic
+        from pipeline.data.periodic_ship import family_counts, read_frames, ship_periodic
+
+        cfg = config_from_args(args)
+        command = args.command or "snakemake --cores 1 moe_periodic_ship --configfile config/moe_study.yaml"
+        dest = ship_periodic(args.labelled, cfg=cfg.moe_study.periodic, command=command)
+        counts = family_counts(read_frames(dest))
+        write_atomic(args.receipt, lambda tmp: counts.to_csv(tmp, index=False))
+
+
+class MoePeriodicCheckSample(Command):
+    name = "moe-periodic-check-sample"
+    short_description = "draw the seeded subset of the periodic-table set that GPAW relabels (teacher check)"
+    description = (
+        "Selects moe_study.periodic.teacher_check.n_frames small frames from every family in proportion; writes "
+        "them with their teacher labels, and unlabelled in chunk files for the label stage (GPAW)."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--labelled", required=True, help="input: teacher-labelled frames, extxyz")
+        parser.add_argument("--subset", required=True, help="output: the drawn frames with teacher labels, extxyz")
+        parser.add_argument("--chunks", nargs="+", required=True, help="output: unlabelled chunk files, extxyz")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.data.teacher_check import write_check_subset
+
+        write_check_subset(args.labelled, config_from_args(args).moe_study.periodic, args.subset, args.chunks)
+
+
+class MoePeriodicCheckTable(Command):
+    name = "moe-periodic-check-table"
+    short_description = "teacher vs GPAW PBE errors on the check subset (per element family, aligned energies)"
+    description = (
+        "Force MAE/RMS (meV/A) per element family, structure family and overall, and energy MAE (meV/atom) after "
+        "removing a least-squares per-element constant, as CSV and Markdown."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--teacher", required=True, help="input: the subset with teacher labels, extxyz")
+        parser.add_argument("--dft", required=True, help="input: the subset labelled by GPAW, extxyz")
+        parser.add_argument("--failures", required=True, help="input: GPAW failures, CSV")
+        parser.add_argument("--csv", required=True, help="output: table, CSV")
+        parser.add_argument("--md", required=True, help="output: table, constants and notes, Markdown")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.data.teacher_check import check_label_config, write_check
+
+        cfg = config_from_args(args)
+        write_check(args.teacher, args.dft, args.failures, csv=args.csv, md=args.md, label_cfg=check_label_config(cfg))
+
+
 class MoeStudyTrain(Command):
     name = "moe-study-train"
     short_description = "train one variant (dense, MoE, MoLE) of the MoE routing study on one dataset"
@@ -63,7 +179,7 @@ class MoeStudyTrain(Command):
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_config_args(parser)
         parser.add_argument("--dataset", required=True, help="input: dataset with splits and regions, extxyz")
-        parser.add_argument("--dataset-name", required=True, choices=("pt_co", "emt_alloys"),
+        parser.add_argument("--dataset-name", required=True, choices=("pt_co", "emt_alloys", "periodic"),
                             help="which study dataset")
         parser.add_argument("--variant", required=True, help="variant name (pipeline.train.moe_study.VARIANTS)")
         parser.add_argument("--checkpoint", required=True, help="output: model checkpoint (.pt)")

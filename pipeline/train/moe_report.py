@@ -5,7 +5,8 @@
 - heat map (PNG): share of each element's top-k slots per expert, one panel per dataset and MoE layer,
   for the reference variant (element routing with shared experts, else the first MoE variant);
 - PCA (PNG): per-element routing vectors (the heat-map rows of every layer, concatenated), projected
-  on their first two principal components, elements coloured by group (Ni/Pd/Pt, Cu/Ag/Au, Al).
+  on their first two principal components, elements coloured by group (EMT set: Ni/Pd/Pt, Cu/Ag/Au, Al;
+  periodic-table set, preferred when trained: the families of :data:`pipeline.data.periodic_set.ELEMENT_FAMILIES`).
   Whether the groups separate is measured by the nearest-neighbour purity (share of elements whose
   nearest other element in routing space is in the same group) and the ratio of mean within-group
   to mean between-group distance; both are written under the table.
@@ -24,9 +25,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from pipeline.data.periodic_set import ELEMENT_FAMILIES
+
 GROUPS = {"Ni": "Ni/Pd/Pt", "Pd": "Ni/Pd/Pt", "Pt": "Ni/Pd/Pt", "Cu": "Cu/Ag/Au", "Ag": "Cu/Ag/Au", "Au": "Cu/Ag/Au",
           "Al": "Al"}
 _COLOURS = {"Ni/Pd/Pt": "tab:blue", "Cu/Ag/Au": "tab:orange", "Al": "tab:green", "other": "tab:gray"}
+_COLOURS.update({family: f"C{i}" for i, family in enumerate(dict.fromkeys(ELEMENT_FAMILIES.values()))})
+
+
+def element_groups(dataset: str) -> dict[str, str]:
+    """Element -> group of the routing PCA: periodic-table families for ``periodic``, else :data:`GROUPS`."""
+    return ELEMENT_FAMILIES if dataset == "periodic" else GROUPS
 _REFERENCE = ("moe_element_shared", "moe_element", "mole_element_shared", "moe_configuration_shared", "moe_atom_shared")
 
 
@@ -66,9 +75,10 @@ def routing_vectors(summary: dict) -> tuple[list[str], np.ndarray]:
     return species, load[:, present, :].transpose(1, 0, 2).reshape(int(present.sum()), -1)
 
 
-def group_separation(species: Sequence[str], vectors: np.ndarray) -> dict[str, float]:
+def group_separation(species: Sequence[str], vectors: np.ndarray,
+                     groups_of: dict[str, str] = GROUPS) -> dict[str, float]:
     """Nearest-neighbour group purity and within/between mean distance ratio (NaN without two groups)."""
-    groups = [GROUPS.get(s, "other") for s in species]
+    groups = [groups_of.get(s, "other") for s in species]
     dist = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=-1)
     np.fill_diagonal(dist, np.inf)
     hits = [groups[int(np.argmin(dist[i]))] == groups[i] for i in range(len(species))
@@ -114,10 +124,11 @@ def plot_pca(summary: dict | None, path: str | Path) -> dict[str, float]:
         centred = vectors - vectors.mean(0)
         _, sing, vt = np.linalg.svd(centred, full_matrices=False)
         coords = centred @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centred @ vt[:1].T, np.zeros(len(species))]
-        stats.update(group_separation(species, vectors))
+        groups_of = element_groups(summary["dataset"])
+        stats.update(group_separation(species, vectors, groups_of))
         stats["explained"] = float((sing[:2] ** 2).sum() / max((sing**2).sum(), 1e-30))
         for (x, y), symbol in zip(coords, species):
-            group = GROUPS.get(symbol, "other")
+            group = groups_of.get(symbol, "other")
             ax.scatter(x, y, color=_COLOURS[group], s=60, label=group)
             ax.annotate(symbol, (x, y), textcoords="offset points", xytext=(5, 5))
         handles = {h.get_label(): h for h in ax.collections}
@@ -142,19 +153,21 @@ def write_report(summaries: Sequence[dict], *, csv: str | Path, md: str | Path, 
     table.to_csv(csv, index=False)
     datasets = list(dict.fromkeys(s["dataset"] for s in summaries))
     plot_heatmap(summaries, datasets, heatmap)
-    pca_dataset = "emt_alloys" if "emt_alloys" in datasets else datasets[0]
+    pca_dataset = next((d for d in ("periodic", "emt_alloys") if d in datasets), datasets[0])
     ref = reference_summary(summaries, pca_dataset)
     stats = plot_pca(ref, pca)
     separate = stats["nn_purity"] >= 0.99 and stats["within_between_ratio"] < 1
     notes = [
         "# MoE routing study", "",
         table.to_markdown(index=False), "",
-        "Labels: rows of `emt_alloys` are labelled by ASE's EMT, **not DFT**; `pt_co` rows by GPAW PBE (DFT).",
+        "Labels: rows of `emt_alloys` are labelled by ASE's EMT, **not DFT**; rows of `periodic` by the SevenNet-0 "
+        "teacher, **not DFT**; `pt_co` rows by GPAW PBE (DFT).",
         "Active parameters: shared experts, routers, and top_k of the N routed experts of each MoE layer.",
         "", f"Routing PCA ({pca_dataset}, {ref['variant'] if ref else 'no MoE variant'}): first two components "
         f"explain {stats['explained']:.0%} of the variance; nearest-neighbour group purity {stats['nn_purity']:.2f}, "
         f"mean within-group / between-group distance {stats['within_between_ratio']:.2f}: the groups "
-        f"Ni/Pd/Pt, Cu/Ag/Au, Al {'separate' if separate else 'do not separate cleanly'}.",
+        f"{', '.join(dict.fromkeys(element_groups(pca_dataset).values()))} "
+        f"{'separate' if separate else 'do not separate cleanly'}.",
     ]
     Path(md).write_text("\n".join(notes) + "\n")
     return table

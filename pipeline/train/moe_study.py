@@ -54,7 +54,8 @@ VARIANTS: dict[str, tuple[str, str, bool] | None] = {
     "mole_element_shared": ("element", "linear", True),
     "moe_atom_shared": ("atom", "mlp", True),
 }
-DATASETS = {"pt_co": "DFT (GPAW PBE, shipped set)", "emt_alloys": "EMT (not DFT)"}
+DATASETS = {"pt_co": "DFT (GPAW PBE, shipped set)", "emt_alloys": "EMT (not DFT)",
+            "periodic": "SevenNet-0 teacher (not DFT)"}
 _MODEL_SEED = 303
 
 
@@ -92,10 +93,13 @@ def study_train_config(cfg: Config) -> TrainConfig:
 
 
 def dataset_species(cfg: Config, dataset_name: str) -> tuple[str, ...]:
-    """Species of a study dataset: the configuration's for ``pt_co``, the EMT elements for ``emt_alloys``."""
-    if dataset_name not in DATASETS:
+    """Species of a study dataset: the configuration's for ``pt_co``, the EMT elements for ``emt_alloys``, the
+    ``moe_study.periodic`` elements for ``periodic``."""
+    species = {"pt_co": cfg.species, "emt_alloys": cfg.moe_study.emt.elements,
+               "periodic": cfg.moe_study.periodic.elements}
+    if dataset_name not in species:
         raise ValueError(f"unknown MoE study dataset {dataset_name!r}; valid: {list(DATASETS)}")
-    return tuple(cfg.species) if dataset_name == "pt_co" else tuple(cfg.moe_study.emt.elements)
+    return tuple(species[dataset_name])
 
 
 def _subset(frames: list, n: int, seed: int) -> list:

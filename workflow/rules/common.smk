@@ -127,10 +127,39 @@ def moe_emt_label_config():
     return json.dumps(values, sort_keys=True)
 
 
+def moe_periodic_label_config():
+    """The label stage's config with the SevenNet-0 teacher (the periodic-table set is not DFT)."""
+    values = json.loads(stage_config("label", "moe_study"))
+    values["label"]["calculator"] = "sevenn"
+    return json.dumps(values, sort_keys=True)
+
+
+def moe_periodic_check_label_config():
+    """The label stage's config with the GPAW settings of moe_study.periodic.teacher_check (one source of truth:
+    pipeline.data.teacher_check.check_label_config)."""
+    import dataclasses
+
+    from pipeline.data.teacher_check import check_label_config
+
+    values = json.loads(stage_config("label"))
+    values["label"] = json.loads(json.dumps(dataclasses.asdict(check_label_config(CFG))))
+    return json.dumps(values, sort_keys=True)
+
+
+def moe_periodic_labelled():
+    """The teacher-labelled periodic-table set: the shipped file (moe_study.periodic.path, a source: no sevenn
+    needed) when it exists and use_shipped is true, else the output of the teacher labelling rule."""
+    shipped = _shipped_file(CFG.moe_study.periodic.path) if CFG.moe_study.periodic.use_shipped else None
+    return shipped or rules.moe_periodic_label.output.labelled
+
+
 def moe_study_dataset(wildcards):
-    """Input dataset of one study run: the ingest stage's (pt_co) or the EMT set (emt_alloys)."""
+    """Input dataset of one study run: the ingest stage's (pt_co), the EMT set (emt_alloys) or the periodic-table
+    set (periodic)."""
     if wildcards.dataset == "pt_co":
         return rules.ingest.output.dataset
+    if wildcards.dataset == "periodic":
+        return rules.moe_periodic_dataset.output.dataset
     return rules.moe_emt_dataset.output.dataset
 
 

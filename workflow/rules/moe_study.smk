@@ -1,8 +1,17 @@
 # The element-wise MoE routing study (paper B; pipeline.train.moe_study): dense vs MoE (element /
 # configuration routing, with and without shared experts) vs MoLE, same data and budget, on the Pt+CO
-# set of the ingest stage and on a multi-element set labelled by EMT (NOT DFT). Not part of the default
+# set of the ingest stage, on a multi-element set labelled by EMT (NOT DFT) and on the periodic-table set
+# labelled by the SevenNet-0 teacher (NOT DFT; moe_study.datasets picks). Not part of the default
 # target unless moe_study.enabled; build it with
 #   snakemake moe_study --cores 2 --configfile config/moe_study.yaml
+#
+# Periodic-table set (issue 20; pipeline.data.periodic_set): moe_periodic_sample -> moe_periodic_label (the
+# teacher, `teacher` extra; every frame cached under results/moe_study/periodic/cache as soon as it is done, so
+# a killed job resumes) -> moe_periodic_dataset (splits). The study reads the shipped set
+# (moe_study.periodic.path) instead when it exists and moe_study.periodic.use_shipped: then nothing needs sevenn.
+# Target moe_periodic_ship writes the shipped set and its README (not declared outputs, as for the
+# generalisation set; ship again with --forcerun moe_periodic_ship). Target moe_periodic_check relabels a
+# seeded subset with GPAW PBE (hours of CPU at the defaults) and writes the teacher's error table.
 
 MOE_STUDY_DIR = "results/moe_study"
 
@@ -65,6 +74,180 @@ rule moe_emt_dataset:
         "--dataset {output.dataset} > {log} 2>&1"
 
 
+rule moe_periodic_sample:
+    output:
+        structures=f"{MOE_STUDY_DIR}/periodic/structures.extxyz",
+    params:
+        config=stage_config("moe_study"),
+    log:
+        "results/logs/moe_study/periodic_sample.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_sample/moe_periodic_sample.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline moe-periodic-sample --config-json {params.config:q} --output {output.structures} "
+        "> {log} 2>&1"
+
+
+rule moe_periodic_label:
+    input:
+        structures=rules.moe_periodic_sample.output.structures,
+    output:
+        labelled=f"{MOE_STUDY_DIR}/periodic/labelled.extxyz",
+        failures=f"{MOE_STUDY_DIR}/periodic/failures.csv",
+    params:
+        config=moe_periodic_label_config(),
+        cache_dir=f"{MOE_STUDY_DIR}/periodic/cache",
+        calc_log_dir=f"{MOE_STUDY_DIR}/periodic/calc_logs",
+    log:
+        "results/logs/moe_study/periodic_label.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_label/moe_periodic_label.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS=1 python -m pipeline label --config-json {params.config:q} --structures {input.structures} "
+        "--output {output.labelled} --failures {output.failures} --cache-dir {params.cache_dir} "
+        "--log-dir {params.calc_log_dir} --no-progress > {log} 2>&1"
+
+
+rule moe_periodic_dataset:
+    input:
+        labelled=moe_periodic_labelled(),
+    output:
+        dataset=f"{MOE_STUDY_DIR}/periodic/dataset.extxyz",
+    params:
+        config=stage_config("moe_study"),
+    log:
+        "results/logs/moe_study/periodic_dataset.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_dataset/moe_periodic_dataset.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline moe-periodic-dataset --config-json {params.config:q} --labelled {input.labelled} "
+        "--dataset {output.dataset} > {log} 2>&1"
+
+
+rule moe_periodic_ship:
+    input:
+        labelled=rules.moe_periodic_label.output.labelled,
+    output:
+        receipt=f"{MOE_STUDY_DIR}/periodic/shipped_families.csv",
+    params:
+        config=stage_config("moe_study"),
+    log:
+        "results/logs/moe_study/periodic_ship.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_ship/moe_periodic_ship.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline moe-periodic-ship --config-json {params.config:q} --labelled {input.labelled} "
+        "--receipt {output.receipt} > {log} 2>&1"
+
+
+rule moe_periodic_check_sample:
+    input:
+        labelled=moe_periodic_labelled(),
+    output:
+        subset=f"{MOE_STUDY_DIR}/periodic/check/teacher.extxyz",
+        chunks=expand(
+            f"{MOE_STUDY_DIR}/periodic/check/chunk_{{chunk}}.extxyz",
+            chunk=range(CFG.moe_study.periodic.teacher_check.n_chunks),
+        ),
+    params:
+        config=stage_config("moe_study"),
+    log:
+        "results/logs/moe_study/periodic_check_sample.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_check_sample/moe_periodic_check_sample.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline moe-periodic-check-sample --config-json {params.config:q} --labelled {input.labelled} "
+        "--subset {output.subset} --chunks {output.chunks} > {log} 2>&1"
+
+
+rule moe_periodic_check_label:
+    input:
+        structures=f"{MOE_STUDY_DIR}/periodic/check/chunk_{{chunk}}.extxyz",
+    output:
+        labelled=f"{MOE_STUDY_DIR}/periodic/check/labelled_{{chunk}}.extxyz",
+        failures=f"{MOE_STUDY_DIR}/periodic/check/failures_{{chunk}}.csv",
+    params:
+        config=moe_periodic_check_label_config(),
+        cache_dir=f"{MOE_STUDY_DIR}/periodic/check/cache",
+        calc_log_dir=f"{MOE_STUDY_DIR}/periodic/check/calc_logs/chunk_{{chunk}}",
+    log:
+        "results/logs/moe_study/periodic_check_label_{chunk}.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_check_label/chunk_{chunk}.tsv"
+    threads: 1
+    wildcard_constraints:
+        chunk=r"\d+",
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "
+        "python -m pipeline label --config-json {params.config:q} --structures {input.structures} "
+        "--output {output.labelled} --failures {output.failures} --cache-dir {params.cache_dir} "
+        "--log-dir {params.calc_log_dir} --no-progress > {log} 2>&1"
+
+
+rule moe_periodic_check_merge:
+    input:
+        labelled=expand(
+            rules.moe_periodic_check_label.output.labelled,
+            chunk=range(CFG.moe_study.periodic.teacher_check.n_chunks),
+        ),
+        failures=expand(
+            rules.moe_periodic_check_label.output.failures,
+            chunk=range(CFG.moe_study.periodic.teacher_check.n_chunks),
+        ),
+    output:
+        labelled=f"{MOE_STUDY_DIR}/periodic/check/gpaw.extxyz",
+        failures=f"{MOE_STUDY_DIR}/periodic/check/gpaw_failures.csv",
+    log:
+        "results/logs/moe_study/periodic_check_merge.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_check_merge/moe_periodic_check_merge.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline merge-labels --labelled {input.labelled} --failures-in {input.failures} "
+        "--output {output.labelled} --failures {output.failures} > {log} 2>&1"
+
+
+rule moe_periodic_check:
+    input:
+        teacher=rules.moe_periodic_check_sample.output.subset,
+        dft=rules.moe_periodic_check_merge.output.labelled,
+        failures=rules.moe_periodic_check_merge.output.failures,
+    output:
+        csv="results/tables/moe_periodic_teacher_check.csv",
+        md="results/tables/moe_periodic_teacher_check.md",
+    params:
+        config=stage_config("label", "moe_study"),
+    log:
+        "results/logs/moe_study/periodic_check.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_check/moe_periodic_check.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline moe-periodic-check-table --config-json {params.config:q} --teacher {input.teacher} "
+        "--dft {input.dft} --failures {input.failures} --csv {output.csv} --md {output.md} > {log} 2>&1"
+
+
 rule moe_study_train:
     input:
         dataset=moe_study_dataset,
@@ -80,7 +263,7 @@ rule moe_study_train:
         "results/benchmarks/moe_study_train/{dataset}/{variant}.tsv"
     threads: 1
     wildcard_constraints:
-        dataset="pt_co|emt_alloys",
+        dataset="pt_co|emt_alloys|periodic",
         variant=r"[a-z_]+",
     conda:
         "../../envs/pipeline.yaml"

@@ -1,0 +1,208 @@
+"""DFT check of the teacher: a seeded subset of the periodic-table set relabelled with GPAW PBE, and the error table.
+
+:func:`select_check_frames` draws ``moe_study.periodic.teacher_check.n_frames`` frames of at most ``max_atoms``
+atoms, from every structure family in proportion to its size (seeded by ``moe_study.periodic.seed``); no frame
+holds a magnetic element (the GPAW run is spin-paired). :func:`check_label_config` is the ``label:`` section with
+the check's GPAW settings (by default plane waves at 600 eV, 4.5 k-points per A^-1 and Fermi-Dirac 0.1 eV, the
+settings the label-convergence study found converged for Pt/CO); the ordinary ``label`` command labels the subset
+with it, cached per frame, so a killed run resumes.
+
+:func:`check_tables` compares teacher and GPAW frame by frame (matched by ``structure_id``):
+
+- forces: MAE and RMS over force components (meV/A), per periodic-table family of the atom's element, per
+  structure family and over all atoms;
+- energies: SevenNet-0 was trained on Materials Project's PBE(+U) with its own energy references and GPAW's PAW
+  setups have theirs, so total energies differ by a constant per element. :func:`align_energies` removes it: a
+  least-squares fit of ``E_teacher - E_gpaw ~ sum_el n_el mu_el`` (weighted per atom), whose residual per atom is
+  the energy error (meV/atom; MAE per structure family and overall). The alignment removes a per-element
+  constant and nothing else; with few frames per element it also absorbs part of the error, so the table gives
+  the number of fitted constants and the degrees of freedom left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from ase import Atoms
+from ase.io import write
+
+from pipeline.atomic import write_atomic
+from pipeline.config import Config, LabelConfig, MoEStudyPeriodicConfig
+from pipeline.data.periodic_set import ELEMENT_FAMILIES, FAMILIES, MAGNETIC
+from pipeline.data.periodic_ship import read_frames
+
+log = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ("grouping", "group", "frames", "atoms", "force_mae_mev_a", "force_rms_mev_a", "energy_mae_mev_atom")
+_PROVENANCE_PREFIXES = ("label_", "dft_")
+
+
+def check_label_config(cfg: Config) -> LabelConfig:
+    """The ``label:`` section with the GPAW settings of ``moe_study.periodic.teacher_check`` (no stress)."""
+    tc = cfg.moe_study.periodic.teacher_check
+    return dataclasses.replace(cfg.label, calculator="gpaw", mode=tc.mode, ecut_ev=tc.ecut_ev, basis=tc.basis,
+                               h_a=tc.h_a, kpt_density=tc.kpt_density, kpts=None, smearing_ev=tc.smearing_ev,
+                               stress=False)
+
+
+def unlabelled(atoms: Atoms) -> Atoms:
+    """A copy of ``atoms`` without calculator results and without label provenance in its info."""
+    out = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.info.update({k: v for k, v in atoms.info.items() if not k.startswith(_PROVENANCE_PREFIXES) and k != "is_dft"})
+    return out
+
+
+def select_check_frames(frames: Sequence[Atoms], cfg: MoEStudyPeriodicConfig) -> list[Atoms]:
+    """The seeded subset of the check (see the module docstring), in the order of ``frames``.
+
+    Raises
+    ------
+    ValueError
+        When fewer than ``n_frames`` frames are eligible.
+    """
+    tc = cfg.teacher_check
+    eligible = [i for i, f in enumerate(frames)
+                if len(f) <= tc.max_atoms and not set(f.get_chemical_symbols()) & MAGNETIC]
+    if len(eligible) < tc.n_frames:
+        raise ValueError(f"only {len(eligible)} frames have <= {tc.max_atoms} atoms and no magnetic element; "
+                         f"teacher_check.n_frames is {tc.n_frames}")
+    by_family: dict[str, list[int]] = {}
+    for i in eligible:
+        by_family.setdefault(str(frames[i].info.get("family")), []).append(i)
+    names = sorted(by_family, key=lambda f: (FAMILIES.index(f) if f in FAMILIES else len(FAMILIES), f))
+    share = np.array([len(by_family[f]) for f in names], dtype=float) * tc.n_frames / len(eligible)
+    quota = np.floor(share).astype(int)
+    for k in np.argsort(-(share - quota), kind="stable")[: tc.n_frames - quota.sum()]:  # largest remainders
+        quota[k] += 1
+    rng = np.random.default_rng([cfg.seed, 0x7EAC])
+    chosen = [int(i) for name, q in zip(names, quota) for i in rng.choice(by_family[name], size=q, replace=False)]
+    return [frames[i] for i in sorted(chosen)]
+
+
+def write_check_subset(labelled: str | Path, cfg: MoEStudyPeriodicConfig, subset: str | Path,
+                       chunks: Sequence[str | Path]) -> list[Atoms]:
+    """Select the check frames of ``labelled`` (teacher labels); write them with their teacher labels to ``subset``
+    and, unlabelled, round-robin into the ``chunks`` files for the GPAW ``label`` jobs."""
+    picked = select_check_frames(read_frames(labelled), cfg)
+    write_atomic(subset, lambda tmp: write(tmp, picked, format="extxyz"))
+    for k, path in enumerate(chunks):
+        part = [unlabelled(f) for f in picked[k :: len(chunks)]]
+        write_atomic(path, lambda tmp, part=part: write(tmp, part, format="extxyz"))
+    log.info("teacher check: %d frames in %d chunks", len(picked), len(chunks))
+    return picked
+
+
+# ----------------------------------------------------------------------------------------------
+# alignment and tables
+# ----------------------------------------------------------------------------------------------
+
+
+def composition_matrix(frames: Sequence[Atoms]) -> tuple[list[str], np.ndarray]:
+    """Elements (sorted) and the counts ``N[frame, element]`` (shape ``(n_frames, n_elements)``)."""
+    elements = sorted({s for f in frames for s in f.get_chemical_symbols()})
+    counts = np.array([[f.get_chemical_symbols().count(s) for s in elements] for f in frames], dtype=float)
+    return elements, counts.reshape(len(frames), len(elements))
+
+
+def align_energies(counts: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element constants ``mu`` (eV, shape ``(n_elements,)``) fitted by least squares to the per-atom energy
+    differences, ``delta_f / n_f ~ sum_el N_f,el mu_el / n_f``, and the residual per atom (eV/atom, ``(n_frames,)``).
+
+    >>> counts = np.array([[2.0, 0.0], [1.0, 1.0], [0.0, 4.0]])
+    >>> mu, residual = align_energies(counts, counts @ np.array([0.5, -1.0]))
+    >>> np.round(mu, 6).tolist(), bool(np.allclose(residual, 0.0))
+    ([0.5, -1.0], True)
+    """
+    n_atoms = counts.sum(axis=1)
+    mu, *_ = np.linalg.lstsq(counts / n_atoms[:, None], delta / n_atoms, rcond=None)
+    return mu, (delta - counts @ mu) / n_atoms
+
+
+def _force_rows(errors: np.ndarray, labels: np.ndarray, grouping: str, order: Sequence[str] = ()) -> list[dict]:
+    rows = []
+    for group in sorted(dict.fromkeys(labels), key=lambda g: list(order).index(g) if g in order else len(order)):
+        e = errors[labels == group]  # [atoms, 3] eV/A
+        rows.append({"grouping": grouping, "group": group, "atoms": len(e),
+                     "force_mae_mev_a": 1000 * float(np.abs(e).mean()),
+                     "force_rms_mev_a": 1000 * float(np.sqrt((e**2).mean()))})
+    return rows
+
+
+def check_tables(teacher: Sequence[Atoms], dft: Sequence[Atoms]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The error table (:data:`TABLE_COLUMNS`: rows per element family, per structure family and ``all``), the
+    fitted per-element constants (``element``, ``mu_ev``, ``frames``) and the rank of the composition matrix (the
+    number of independent constants: elements that only ever appear together, as in MgO, share one, and their
+    individual ``mu`` are then the minimum-norm split of it).
+
+    Raises
+    ------
+    ValueError
+        When no GPAW frame matches a teacher frame by ``structure_id``.
+    """
+    by_id = {f.info["structure_id"]: f for f in teacher}
+    pairs = [(by_id[d.info["structure_id"]], d) for d in dft if d.info.get("structure_id") in by_id]
+    if not pairs:
+        raise ValueError("no GPAW frame matches a teacher frame by structure_id")
+    ref = [t for t, _ in pairs]
+    elements, counts = composition_matrix(ref)
+    delta = np.array([t.get_potential_energy() - d.get_potential_energy() for t, d in pairs])
+    mu, residual = align_energies(counts, delta)
+    errors = np.concatenate([t.get_forces() - d.get_forces() for t, d in pairs])  # [atoms, 3] eV/A
+    symbols = np.concatenate([t.get_chemical_symbols() for t in ref])
+    atom_family = np.concatenate([[t.info["family"]] * len(t) for t in ref])
+    frame_family = np.array([t.info["family"] for t in ref])
+    element_family = np.array([ELEMENT_FAMILIES.get(s, "?") for s in symbols])
+    rows = _force_rows(errors, element_family, "element family", list(dict.fromkeys(ELEMENT_FAMILIES.values())))
+    for row in rows:
+        row["frames"] = sum(any(ELEMENT_FAMILIES.get(s) == row["group"] for s in t.get_chemical_symbols()) for t in ref)
+    every = np.array(["all"] * len(errors))
+    for row in _force_rows(errors, atom_family, "structure family", FAMILIES) + _force_rows(errors, every, "all"):
+        mask = frame_family == row["group"] if row["group"] != "all" else np.ones(len(ref), bool)
+        row["frames"] = int(mask.sum())
+        row["energy_mae_mev_atom"] = 1000 * float(np.abs(residual[mask]).mean())
+        rows.append(row)
+    table = pd.DataFrame(rows).reindex(columns=list(TABLE_COLUMNS))
+    constants = pd.DataFrame({"element": elements, "mu_ev": mu, "frames": (counts > 0).sum(axis=0)})
+    return table, constants, int(np.linalg.matrix_rank(counts))
+
+
+def write_check(teacher: str | Path, dft: str | Path, failures: str | Path, *, csv: str | Path, md: str | Path,
+                label_cfg: LabelConfig) -> pd.DataFrame:
+    """Write the error table (CSV) and a Markdown page with the table, the fitted constants and the notes."""
+    teacher_frames, dft_frames = read_frames(teacher), read_frames(dft)
+    table, constants, rank = check_tables(teacher_frames, dft_frames)
+    n_failed = len(pd.read_csv(failures)) if Path(failures).exists() and Path(failures).stat().st_size else 0
+    n_pairs = int(table.loc[table["grouping"] == "all", "frames"].iloc[0])
+    dof = n_pairs - rank
+    write_atomic(csv, lambda tmp: table.to_csv(tmp, index=False))
+    source = teacher_frames[0].info.get("label_source", "the teacher")
+    lines = [
+        "# Teacher check: SevenNet-0 vs GPAW PBE on a subset of the periodic-table set",
+        "",
+        f"{n_pairs} frames compared ({len(teacher_frames)} drawn, {n_failed} GPAW failures). Teacher: `{source}`. "
+        f"GPAW: {label_cfg.xc}, spin-paired, mode {label_cfg.mode} "
+        + (f"{label_cfg.ecut_ev:g} eV" if label_cfg.mode == "pw" else f"{label_cfg.basis}, h {label_cfg.h_a:g} A")
+        + f", {label_cfg.kpt_density:g} k-points per A^-1, Fermi-Dirac {label_cfg.smearing_ev:g} eV.",
+        "",
+        table.to_markdown(index=False, floatfmt=".1f"),
+        "",
+        "Forces: MAE and RMS over Cartesian components of teacher minus GPAW (meV/A), grouped by the periodic-table "
+        "family of each atom's element (frames: frames with an atom of that family), by structure family, and "
+        "over all atoms.",
+        "",
+        "Energies: the alignment removes a per-element constant (a reference energy per element, fitted by least "
+        "squares to the per-atom energy difference teacher - GPAW) and nothing else; the energy MAE is that of the "
+        f"residual per atom (meV/atom). {len(constants)} constants ({rank} independent) were fitted to {n_pairs} "
+        f"frames ({dof} degrees of freedom left"
+        + ("; too few: the residual understates the error)." if dof < rank else ")."),
+        "",
+        constants.to_markdown(index=False, floatfmt=".4f"),
+        "",
+    ]
+    write_atomic(md, lambda tmp: tmp.write_text("\n".join(lines)))
+    return table
