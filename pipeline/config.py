@@ -881,6 +881,10 @@ def check_semantics(cfg: Config, *, check_files: bool = True) -> None:
                        ("analysis.interface.supercell", cfg.analysis.interface.supercell)):
         if cells[2] % 2:
             raise ConfigError(f"config key '{key}': the third repeat must be even (HF and LF halves), got {list(cells)}")
+    if cfg.md.partition.mode == "adaptive" and cfg.md.run.mpi_ranks > 1:
+        raise ConfigError(f"config keys 'md.partition.mode' adaptive and 'md.run.mpi_ranks' ({cfg.md.run.mpi_ranks}): "
+                          "the adaptive partition runs on one MPI rank only (its switching weight depends on "
+                          "adsorbate atoms up to outer_a away, beyond the per-rank ghost scheme); set mpi_ranks 1")
     inner, outer = cfg.md.partition.adaptive.radii(cfg.models.lf.r_max)
     if not outer > inner:
         raise ConfigError(f"config keys 'md.partition.adaptive.outer_a' ({outer}) must be larger than 'inner_a' ({inner})")

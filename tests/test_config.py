@@ -82,3 +82,9 @@ def test_adaptive_partition_radii_default_to_lf_cutoff_and_keep_lf_away_from_ads
         config_from_dict({"md": {"partition": {"adaptive": {"inner_a": 6.0, "outer_a": 5.5}}}})
     lf_learns_all = config_from_dict({"train": {"lf_data": "all"}, "md": {"partition": {"adaptive": {"inner_a": 3.0}}}})
     assert lf_learns_all.md.partition.adaptive.radii(5.0) == (3.0, 4.5)
+
+
+def test_adaptive_partition_on_several_mpi_ranks_is_refused_when_the_config_loads():
+    with pytest.raises(ConfigError, match="one MPI rank only"):
+        config_from_dict({"md": {"partition": {"mode": "adaptive"}, "run": {"mpi_ranks": 2}}})
+    assert config_from_dict({"md": {"run": {"mpi_ranks": 2}}}).md.run.mpi_ranks == 2  # static: fine
