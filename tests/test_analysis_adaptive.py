@@ -271,12 +271,14 @@ def test_seeds_table_has_every_seed_then_mean_and_std_per_run():
 
 def test_verdicts_count_the_seeds_that_meet_each_criterion():
     good = verdict_lines(seeds_table([_seed_table(s) for s in range(3)]))
-    assert any("|drift| / stderr" in line and "3 of 3 seeds" in line for line in good)
+    assert any("A (adaptive) |drift| / stderr" in line and "3 of 3 seeds" in line for line in good)
     assert any("A (adaptive) speedup" in line and "3 of 3 seeds" in line for line in good)
     assert any("D (static_local) fraction" in line and "0 of 3 seeds" in line for line in good)
     bad = verdict_lines(seeds_table([_seed_table(0), _seed_table(1, drift=1e-3, momentum=1e-6, speed=1.5),
                                      _seed_table(2)]))
-    assert any("|drift| / stderr" in line and "2 of 3 seeds" in line for line in bad)
+    assert any("A (adaptive) |drift| / stderr" in line and "2 of 3 seeds" in line for line in bad)
+    assert any("C (full HF) |drift| / stderr" in line and "2 of 3 seeds" in line for line in bad)
+    assert any("|drift(A) - drift(C)|" in line and "3 of 3 seeds" in line for line in good)
     assert any("momentum drift" in line and "2 of 3 seeds" in line for line in bad)
     assert any("A (adaptive) speedup" in line and "2 of 3 seeds" in line for line in bad)
     assert any("Only 2 seed(s)" in line for line in verdict_lines(seeds_table([_seed_table(0), _seed_table(1)])))

@@ -838,6 +838,14 @@ def verdict_lines(table: pd.DataFrame) -> list[str]:
     z = a["drift_mev_atom_ps"].abs() / a["drift_stderr_mev_atom_ps"]
     line("A (adaptive) |drift| / stderr", z, z <= DRIFT_SIGMAS, f"within {DRIFT_SIGMAS:g} standard errors of zero")
     if len(c):
+        # like with like: the same integrator and timestep with full HF shows what is not the switching's
+        zc = c["drift_mev_atom_ps"].abs() / c["drift_stderr_mev_atom_ps"]
+        line("C (full HF) |drift| / stderr", zc, zc <= DRIFT_SIGMAS, f"within {DRIFT_SIGMAS:g} standard errors of zero")
+        cc = c.reindex(a.index)
+        za = (a["drift_mev_atom_ps"] - cc["drift_mev_atom_ps"]).abs() / np.hypot(a["drift_stderr_mev_atom_ps"],
+                                                                                 cc["drift_stderr_mev_atom_ps"])
+        line("|drift(A) - drift(C)| / combined stderr", za, za <= DRIFT_SIGMAS,
+             f"adaptive drift within {DRIFT_SIGMAS:g} combined standard errors of full HF's")
         ratio = a["fluctuation_mev_atom"] / c["fluctuation_mev_atom"].reindex(a.index)
         line("A / C energy fluctuation", ratio, ratio <= MAX_FLUCTUATION_RATIO, f"<= {MAX_FLUCTUATION_RATIO:g}")
     line("A momentum drift (amu A/fs)", a["momentum_drift"], a["momentum_drift"] <= MAX_MOMENTUM_DRIFT,
