@@ -2,8 +2,11 @@
 element-routed MoE model of the routing study, mixture, a few MD steps) reduced to numbers, to show that a refactor changes nothing the pipeline computes.
 
 ``python tests/golden_run.py --write`` records ``tests/data/golden_run.json`` from the current code;
-``tests/test_golden_run.py`` recomputes the numbers and compares them to 1e-6 relative. Rewrite the
-record only for a change that is meant to change results, and say so in the commit.
+``tests/test_golden_run.py`` recomputes the numbers and compares them to 1e-4 relative: the same code on
+another CPU (other SIMD kernels) gives numbers that differ by up to ~5e-6 relative after the training
+steps (measured: a machine of 2026-12-06 against the recording machine, 4 of 476 numbers between 1e-6 and
+5e-6), while a behaviour change moves them by far more. Rewrite the record only for a change that is
+meant to change results, and say so in the commit.
 
 Numbers kept: the sum and the L2 norm of every floating-point tensor of the three checkpoints, every
 numeric column of the metrics tables (sum over rows and the last row; timings left out), the MoE
@@ -113,7 +116,7 @@ def golden_numbers(workdir: str | Path) -> dict[str, float]:
     return numbers
 
 
-def compare(got: dict[str, float], want: dict[str, float], rtol: float = 1e-6, atol: float = 1e-9) -> list[str]:
+def compare(got: dict[str, float], want: dict[str, float], rtol: float = 1e-4, atol: float = 1e-9) -> list[str]:
     """Names whose values differ (beyond ``rtol`` relative, ``atol`` absolute) or are missing on either side."""
     bad = [f"missing: {k}" for k in want if k not in got] + [f"new: {k}" for k in got if k not in want]
     for key in want.keys() & got.keys():
