@@ -636,6 +636,30 @@ class MoEStudyPeriodicConfig:
 
 
 @dataclass(frozen=True)
+class MoEStudyStabilityConfig:
+    """Stability measures and thresholds of the MoE study (``moe_study.stability:``); see
+    :mod:`pipeline.train.stability`. Lengths in A, energies in meV."""
+
+    spike_factor: float = 2.0
+    max_loss_spikes: int = 0
+    path_frames: int = 8
+    path_steps: int = 256
+    path_amplitude_a: float = 0.1
+    max_path_jump_mev: float = 1.0
+
+
+@dataclass(frozen=True)
+class MoEStudyRoutingConfig:
+    """Routing analysis of the MoE study's report (``moe_study.routing_analysis:``); see
+    :mod:`pipeline.train.moe_report`."""
+
+    knn: int = 3
+    permutations: int = 2000
+    seed: int = 0
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
 class RobustnessConfig:
     """Training seeds of the robustness table (``robustness:``); see :mod:`pipeline.analysis.robustness`."""
 
@@ -649,18 +673,22 @@ class MoEStudyConfig:
     enabled: bool = False
     datasets: tuple[str, ...] = ("pt_co", "emt_alloys")
     variants: tuple[str, ...] = (
-        "dense", "moe_element_shared", "moe_element", "moe_configuration_shared", "mole_element_shared",
+        "dense", "moe_element_shared", "moe_element", "moe_configuration_shared", "moe_global_shared",
+        "mole_element_shared", "moe_element_shared25", "moe_element_shared75",
     )
+    seeds: tuple[int, ...] = (0, 1, 2)
     base_model: str = "lf"
     layers: tuple[str, ...] = ("latent", "readout")
     num_experts: int = 8
     top_k: int = 2
-    num_shared: int = 1
+    num_shared: int = 2
     max_epochs: int = 60
     batch_size: int = 8
     learning_rate: float = 0.003
     balance_weight: float = 0.01
     max_train_frames: int = 0
+    stability: MoEStudyStabilityConfig = field(default_factory=MoEStudyStabilityConfig)
+    routing_analysis: MoEStudyRoutingConfig = field(default_factory=MoEStudyRoutingConfig)
     emt: MoEStudyEMTConfig = field(default_factory=MoEStudyEMTConfig)
     periodic: MoEStudyPeriodicConfig = field(default_factory=MoEStudyPeriodicConfig)
 
@@ -892,6 +920,11 @@ def check_semantics(cfg: Config, *, check_files: bool = True) -> None:
         raise ConfigError(f"config key 'md.partition.adaptive.inner_a' ({inner}) must be >= models.lf.r_max "
                           f"({cfg.models.lf.r_max}): the LF expert never saw C or O, so no atom it evaluates may "
                           "have an adsorbate atom within its cutoff (train.lf_data: all lifts this)")
+    study = cfg.moe_study
+    if study.top_k + (study.num_shared if "moe_element" in study.variants else 0) > study.num_experts:
+        raise ConfigError(f"config keys 'moe_study.top_k' ({study.top_k}) + 'num_shared' ({study.num_shared}): the "
+                          f"variants route that many experts per atom (moe_element routes all of them) but "
+                          f"'moe_study.num_experts' is {study.num_experts}")
     strains = cfg.analysis.elastic.strains
     if sum(s > 0 for s in strains) < 2 or sum(s < 0 for s in strains) < 2:
         raise ConfigError(f"config key 'analysis.elastic.strains': needs >= 2 positive and >= 2 negative strains "

@@ -11,7 +11,7 @@ from pipeline.config import MoEConfig, load_config
 from pipeline.data import keys as K
 from pipeline.models import build_model
 from pipeline.models.mlp import ScalarMLP, make_mlp
-from pipeline.models.moe import MoEMLP, merge_moe, moe_modules, parameter_counts
+from pipeline.models.moe import MergedMoLE, MoEMLP, RoutingContext, merge_moe, moe_modules, parameter_counts
 from pipeline.models.testing import (
     SPECIES,
     co_gas,
@@ -31,13 +31,15 @@ def _layer(**moe) -> MoEMLP:
     return MoEMLP(6, 3, hidden=(8,), activation="silu", num_species=3, moe=cfg).double()
 
 
-def _dense_reference(layer: MoEMLP, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+def _dense_reference(layer: MoEMLP, x: torch.Tensor, species: torch.Tensor,
+                     ctx: RoutingContext | None = None) -> torch.Tensor:
     """Every expert on every row, weighted by the (renormalised top-k) gates: the mathematical definition.
 
     Non-linear experts: gated sum of expert outputs. MoLE: per row, the gated sum of the experts' weights.
     """
-    _, index, gate = layer.gates(layer.router.proj(layer.router.embedding))
-    dense_gate = torch.zeros(3, layer.num_experts, dtype=x.dtype).scatter(1, index, gate)[species]  # [n, N]
+    logits, _, _, row_group = layer.router(x, species, ctx)
+    _, index, gate = layer.gates(logits)
+    dense_gate = torch.zeros(logits.shape[0], layer.num_experts, dtype=x.dtype).scatter(1, index, gate)[row_group]
     out = torch.zeros(x.shape[0], layer.out_dim, dtype=x.dtype)
     last = len(layer.experts) - 1
     if layer.moe.expert_type == "linear":
@@ -63,6 +65,42 @@ def test_sparse_and_mixed_execution_equal_the_dense_definition(expert_type):
     x = torch.randn(20, 6, dtype=torch.float64)
     species = torch.randint(0, 3, (20,))
     torch.testing.assert_close(layer(x, species), _dense_reference(layer, x, species), atol=1e-12, rtol=0)
+
+
+def _context(n_rows: int, seed: int = 0) -> tuple[RoutingContext, torch.Tensor]:
+    """Rows of 6 centre atoms (sorted by centre) in 2 structures, and the rows' centre species."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.sort(torch.randint(0, 6, (n_rows,), generator=g)).values
+    centre_species = torch.tensor([0, 1, 2, 0, 0, 1])
+    composition = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [2 / 3, 1 / 3, 0.0]], dtype=torch.float64)
+    ctx = RoutingContext(centre=centre, n_centres=6, centre_species=centre_species,
+                         centre_structure=torch.tensor([0, 0, 0, 1, 1, 1]), composition=composition, edge_norm=0.5)
+    return ctx, centre_species[centre]
+
+
+@pytest.mark.parametrize("router", ["configuration", "global", "atom"])
+@pytest.mark.parametrize("expert_type", ["mlp", "linear"])
+def test_sparse_execution_equals_the_dense_masked_definition_for_context_routers(router, expert_type):
+    """Routing by structure (composition or global features) or by atom: the sparse (grouped) execution gives
+    the gate-masked sum over all experts, row by row."""
+    layer = _layer(router=router, expert_type=expert_type)
+    x = torch.randn(40, 6, dtype=torch.float64)
+    ctx, species = _context(40)
+    reference = _dense_reference(layer, x, species, ctx)
+    torch.testing.assert_close(layer(x, species, ctx), reference, atol=1e-12, rtol=0)
+
+
+def test_global_routing_is_one_choice_per_structure():
+    layer = _layer(router="global", num_shared=0)
+    x = torch.randn(40, 6, dtype=torch.float64)
+    ctx, species = _context(40)
+    logits, token_group, _, row_group = layer.router(x, species, ctx)
+    assert logits.shape == (2, layer.num_experts)  # one routing per structure
+    assert torch.equal(token_group, ctx.centre_structure) and torch.equal(row_group, ctx.centre_structure[ctx.centre])
+    x2 = x.clone()
+    x2[ctx.centre == 0] += 1.0  # another atom of structure 0 changes: every atom of structure 0 may reroute
+    assert not torch.equal(layer.router(x2, species, ctx)[0][0], logits[0])
+    torch.testing.assert_close(layer.router(x2, species, ctx)[0][1], logits[1], atol=0, rtol=0)
 
 
 def test_gates_are_renormalised_top_k_and_experts_see_only_their_rows(monkeypatch):
@@ -98,7 +136,7 @@ def test_bad_settings_raise():
     with pytest.raises(ValueError, match="top_k"):
         _layer(num_experts=2, top_k=3)
     with pytest.raises(ValueError, match="router"):
-        _layer(router="global")
+        _layer(router="nearest")
     layer = _layer(router="configuration")
     with pytest.raises(ValueError, match="RoutingContext"):
         layer(torch.randn(3, 6, dtype=torch.float64), torch.zeros(3, dtype=torch.long))
@@ -116,6 +154,15 @@ def test_merged_mole_equals_unmerged(variant):
         torch.testing.assert_close(a[key], b[key], atol=1e-12, rtol=0)
     active, total = parameter_counts(merged)
     assert active == total < parameter_counts(model)[1]
+
+
+def test_merged_mole_layer_equals_the_unmerged_layer_for_every_element():
+    layer = _layer(expert_type="linear", num_shared=1)
+    merged = MergedMoLE(layer)
+    x = torch.randn(12, 6, dtype=torch.float64)
+    for element in range(3):
+        species = torch.full((12,), element)
+        torch.testing.assert_close(merged(x, species), layer(x, species), atol=1e-12, rtol=0)
 
 
 def test_configuration_routing_is_size_consistent():

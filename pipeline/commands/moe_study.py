@@ -169,10 +169,12 @@ class MoePeriodicCheckTable(Command):
 
 class MoeStudyTrain(Command):
     name = "moe-study-train"
-    short_description = "train one variant (dense, MoE, MoLE) of the MoE routing study on one dataset"
+    short_description = "train one variant (dense, MoE, MoLE) of the MoE routing study on one dataset with one seed"
     description = (
-        "Trains the variant with the moe_study budget, evaluates the test split and writes the "
-        "checkpoint, per-epoch metrics (with expert load per element and layer) and a JSON summary."
+        "Trains the variant with the moe_study budget at the dense model's active parameter count (solved expert "
+        "width), resumably with --state; evaluates the test split and the stability measures and writes the "
+        "checkpoint, per-epoch metrics (the learning curve, with expert load per element and layer, loss spikes "
+        "and non-finite gradients) and a JSON summary."
     )
 
     @staticmethod
@@ -182,6 +184,10 @@ class MoeStudyTrain(Command):
         parser.add_argument("--dataset-name", required=True, choices=("pt_co", "emt_alloys", "periodic"),
                             help="which study dataset")
         parser.add_argument("--variant", required=True, help="variant name (pipeline.train.moe_study.VARIANTS)")
+        parser.add_argument("--seed", type=int, default=None,
+                            help="training seed: initial weights and batch order (default: the top-level seed)")
+        parser.add_argument("--state", default=None,
+                            help="training state file: written after every epoch, resumed from when it exists")
         parser.add_argument("--checkpoint", required=True, help="output: model checkpoint (.pt)")
         parser.add_argument("--metrics", required=True, help="output: per-epoch metrics, CSV")
         parser.add_argument("--summary", required=True, help="output: test errors, parameters, routing, JSON")
@@ -191,27 +197,37 @@ class MoeStudyTrain(Command):
         from pipeline.train.moe_study import train_variant
 
         train_variant(config_from_args(args), dataset=args.dataset, dataset_name=args.dataset_name,
-                      variant=args.variant, checkpoint=args.checkpoint, metrics=args.metrics, summary=args.summary)
+                      variant=args.variant, checkpoint=args.checkpoint, metrics=args.metrics, summary=args.summary,
+                      seed=args.seed, state=args.state)
 
 
 class MoeStudyReport(Command):
     name = "moe-study-report"
-    short_description = "table and figures of the MoE routing study"
+    short_description = "table, claims and figures of the MoE routing study"
     description = (
-        "Table of test MAE, active/total parameters and stability per dataset and variant (CSV, "
-        "Markdown), heat map of expert usage per element and layer, PCA of per-element routing."
+        "Table of test MAE, active/total parameters and stability per dataset, variant and seed with mean and "
+        "std rows (CSV, Markdown with the paper's claims judged from it), routing analysis (k-NN agreement of "
+        "per-element routing with periodic-table labels, permutation p-values; CSV, Markdown), heat map of "
+        "routing per element and layer, PCA of per-element routing, learning curves."
     )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
         parser.add_argument("--summaries", nargs="+", required=True, help="input: summaries of moe-study-train, JSON")
         parser.add_argument("--csv", required=True, help="output: table, CSV")
-        parser.add_argument("--md", required=True, help="output: table and notes, Markdown")
-        parser.add_argument("--heatmap", required=True, help="output: expert usage heat map, PNG")
+        parser.add_argument("--md", required=True, help="output: table, claims and notes, Markdown")
+        parser.add_argument("--heatmap", required=True, help="output: routing heat map, PNG")
         parser.add_argument("--pca", required=True, help="output: routing PCA, PNG")
+        parser.add_argument("--routing-csv", default=None, help="output: routing analysis table, CSV")
+        parser.add_argument("--routing-md", default=None, help="output: routing analysis table, Markdown")
+        parser.add_argument("--curves", default=None, help="output: learning curves, PNG")
 
     @staticmethod
     def run(args: argparse.Namespace) -> None:
         from pipeline.train.moe_report import read_summaries, write_report
 
-        write_report(read_summaries(args.summaries), csv=args.csv, md=args.md, heatmap=args.heatmap, pca=args.pca)
+        cfg = config_from_args(args)
+        write_report(read_summaries(args.summaries), csv=args.csv, md=args.md, heatmap=args.heatmap, pca=args.pca,
+                     routing_csv=args.routing_csv, routing_md=args.routing_md, curves=args.curves,
+                     routing_cfg=cfg.moe_study.routing_analysis)

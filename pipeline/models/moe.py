@@ -27,6 +27,12 @@ Router inputs (``MoEConfig.router``):
 - ``atom``: the atom's current scalar features (the normalised sum of its edges' input rows). **The
   top-k choice switches as atoms move, so the energy jumps and the forces are discontinuous at
   switching points** (``tests/test_moe_layer.py`` measures such a jump); use it only for studies.
+- ``global``: one learned routing per structure from its current features, the mean over the
+  structure's centre atoms of the ``atom`` router's input, top-k like the others. **Study only: it is
+  non-local** (an atom's energy depends on every atom of its structure, however far, and a centre subset
+  routes by the mean over that subset, so partitioned evaluation is not additive) **and discontinuous**
+  (the top-k choice of the whole structure switches as atoms move; the MoE study's path check,
+  :func:`pipeline.train.stability.path_energy_jumps`, measures it).
 
 Per-atom routing needs the centre index of each row, the atoms' species and structures: the model
 builds one :class:`RoutingContext` per evaluation and passes it to its MLPs (``mlp(x, species,
@@ -62,7 +68,7 @@ from pipeline.data import keys as K
 from pipeline.models.contract import MOE_LAYER_BALANCE
 from pipeline.models.mlp import ACTIVATIONS, ScalarMLP
 
-ROUTERS = ("element", "configuration", "atom")
+ROUTERS = ("element", "configuration", "atom", "global")
 EXPERT_TYPES = ("mlp", "linear")
 MOE_ROLES = ("latent", "readout")
 
@@ -164,7 +170,7 @@ class Router(torch.nn.Module):
     mode : str
         One of :data:`ROUTERS`.
     in_dim : int
-        Row feature size (input of the ``atom`` router).
+        Row feature size (input of the ``atom`` and ``global`` routers).
     num_species, num_experts, embedding_dim : int
     """
 
@@ -173,7 +179,7 @@ class Router(torch.nn.Module):
         if mode not in ROUTERS:
             raise ValueError(f"unknown MoE router {mode!r}; valid: {list(ROUTERS)}")
         self.mode = mode
-        if mode == "atom":
+        if mode in ("atom", "global"):
             self.proj = torch.nn.Linear(in_dim, num_experts, bias=False)
         else:
             self.embedding = torch.nn.Parameter(torch.randn(num_species, embedding_dim))
@@ -197,8 +203,15 @@ class Router(torch.nn.Module):
             logits = self.proj(ctx.composition.to(x.dtype) @ self.embedding)  # [n_structures, N]
         else:
             pooled = x.new_zeros(ctx.n_centres, x.shape[1]).index_add(0, ctx.centre, x) * ctx.edge_norm
-            token_group = torch.arange(ctx.n_centres, device=x.device)
-            logits = self.proj(pooled)  # [n_centres, N]
+            if self.mode == "atom":
+                token_group = torch.arange(ctx.n_centres, device=x.device)
+                logits = self.proj(pooled)  # [n_centres, N]
+            else:
+                token_group = ctx.centre_structure
+                n_structures = int(ctx.composition.shape[0])
+                count = torch.bincount(token_group, minlength=n_structures).clamp(min=1).to(x.dtype)
+                mean = x.new_zeros(n_structures, x.shape[1]).index_add(0, token_group, pooled) / count.unsqueeze(1)
+                logits = self.proj(mean)  # [n_structures, N]
         return logits, token_group, ctx.centre_species, token_group.index_select(0, ctx.centre)
 
 

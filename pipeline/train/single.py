@@ -7,7 +7,8 @@ training state) with the :class:`SingleObjective`: the data loss of
 frame and atom) plus ``train.moe_balance_weight`` times the MoE load-balancing loss, validated on the
 squared MAEs of energies and forces, with per-epoch metrics holding the expert load per element and layer
 (:mod:`pipeline.train.routing`). Instead of raising on a non-finite loss it stops and reports it, because
-training stability is one of the study's results.
+training stability is one of the study's results; with ``check_gradients`` it also counts, per epoch, the
+optimiser steps with a non-finite gradient (column ``nonfinite_grads``; :mod:`pipeline.train.stability`).
 
 The settings are a :class:`~pipeline.config.TrainConfig`; of its loss fields only ``energy_weight``,
 ``force_weight`` and ``moe_balance_weight`` are used (no Huber, stress or agreement terms). The study's
@@ -34,6 +35,7 @@ from pipeline.train.core import train as train_core
 from pipeline.train.data import Sample, batch_order, make_batch
 from pipeline.train.losses import data_terms
 from pipeline.train.routing import RoutingStats, balance_loss, layer_names
+from pipeline.train.stability import gradients_finite
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +96,21 @@ class SingleObjective(Objective):
     """Batches, loss, validation and metrics row of one model (see the module docstring) for the core."""
 
     def __init__(self, model: AllegroModel, train: list[Sample], validation: list[Sample], cfg: TrainConfig, *,
-                 seed: int) -> None:
+                 seed: int, check_gradients: bool = False) -> None:
         self.model, self.train, self.validation, self.cfg, self.seed = model, train, validation, cfg, seed
         self.layers = (layer_names(model), model.species)
+        self.check_gradients = check_gradients
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         self.routing, self.losses, self.balances = RoutingStats(), [], []
+        self.nonfinite_grads = 0
         return batch_order(len(self.train), self.cfg.batch_size, self.seed, epoch)
+
+    def _record(self, loss: torch.Tensor) -> None:
+        """After the optimiser step: the batch loss and, with ``check_gradients``, whether the gradient was finite."""
+        self.losses.append(float(loss.detach()))
+        if self.check_gradients:
+            self.nonfinite_grads += int(not gradients_finite(self.model))
 
     def loss(self, epoch: int, index: int, batch: np.ndarray) -> Step:
         cfg, model = self.cfg, self.model
@@ -116,7 +126,7 @@ class SingleObjective(Objective):
             self.balances.append(float(balance.detach()))
             self.routing.add("model", out)
             loss = loss + cfg.moe_balance_weight * balance
-        return Step(loss=loss, record=lambda: self.losses.append(float(loss.detach())))
+        return Step(loss=loss, record=lambda: self._record(loss))
 
     def validate(self, epoch: int, models: Mapping[str, torch.nn.Module]) -> Validation:
         val = evaluate_errors(models["model"], self.validation)
@@ -127,6 +137,8 @@ class SingleObjective(Objective):
         row = {"epoch": end.epoch, "train_loss": float(np.mean(self.losses)),
                "val_energy_mae_mev_atom": val.energy_mae_mev_atom, "val_force_mae_mev_a": val.force_mae_mev_a,
                "lr": end.lr_after, "wall_s": end.wall_s}
+        if self.check_gradients:
+            row["nonfinite_grads"] = self.nonfinite_grads
         if self.balances:
             row["train_moe_balance"] = float(np.mean(self.balances))
             row.update(self.routing.columns({"model": self.layers}))
@@ -152,18 +164,22 @@ def train_single(
     seed: int,
     state_file: str | Path | None = None,
     fingerprint: dict[str, Any] | None = None,
+    metrics_csv: str | Path | None = None,
+    check_gradients: bool = False,
 ) -> SingleTrainResult:
     """Train ``model`` (in place) and return it with the best EMA weights by validation loss.
 
     ``cfg`` sets the optimiser, schedule, EMA, clipping, selection and early stopping
     (:func:`pipeline.train.core.train`), the epochs, batch size and loss weights; ``seed`` the batch
     order. With ``state_file`` the run is saved after every epoch and resumed from it (``fingerprint``:
-    what the state must match). A non-finite loss stops the run (``status`` says where); a final
-    validation loss above 10 times the best gives ``status`` ``diverged ...``.
+    what the state must match). With ``metrics_csv`` the metrics rows (the learning curve) are rewritten after
+    every epoch. ``check_gradients`` adds the per-epoch count of steps with a non-finite gradient to the rows.
+    A non-finite loss stops the run (``status`` says where); a final validation loss above 10 times the best
+    gives ``status`` ``diverged ...``.
     """
-    objective = SingleObjective(model, train, validation, cfg, seed=seed)
+    objective = SingleObjective(model, train, validation, cfg, seed=seed, check_gradients=check_gradients)
     core = train_core({"model": model}, objective, cfg, data_seed=seed, on_non_finite="stop", state_file=state_file,
-                      fingerprint=fingerprint)
+                      fingerprint=fingerprint, metrics_csv=metrics_csv)
     result = SingleTrainResult(model=model, metrics=core.metrics, best_epoch=core.best_epoch, status=core.status)
     best_loss = core.best_value
     if result.status == "ok" and len(result.metrics) > 3 and best_loss < math.inf:

@@ -163,6 +163,16 @@ def moe_study_dataset(wildcards):
     return rules.moe_emt_dataset.output.dataset
 
 
+def moe_study_train_config():
+    """The config of one study run: the top-level scalars, models, train and moe_study without the keys that only
+    choose runs or shape the report (enabled, datasets, variants, seeds, routing_analysis; the CLI fills their
+    defaults), so adding a seed or a variant reruns nothing that is done."""
+    values = json.loads(stage_config("models", "train", "moe_study"))
+    for key in ("enabled", "datasets", "variants", "seeds", "routing_analysis"):
+        values["moe_study"].pop(key)
+    return json.dumps(values, sort_keys=True)
+
+
 def moe_study_outputs():
     """The study's table and figures (the moe_study target; added to rule all when moe_study.enabled)."""
     return list(rules.moe_study_report.output)

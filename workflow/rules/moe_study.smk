@@ -1,8 +1,12 @@
 # The element-wise MoE routing study (paper B; pipeline.train.moe_study): dense vs MoE (element /
-# configuration routing, with and without shared experts) vs MoLE, same data and budget, on the Pt+CO
-# set of the ingest stage, on a multi-element set labelled by EMT (NOT DFT) and on the periodic-table set
-# labelled by the SevenNet-0 teacher (NOT DFT; moe_study.datasets picks). Not part of the default
-# target unless moe_study.enabled; build it with
+# configuration / global routing, with and without shared experts, three shared/routed splits) vs MoLE, same
+# data and budget, equal active parameters, moe_study.seeds seeds each, on the Pt+CO set of the ingest stage,
+# on a multi-element set labelled by EMT (NOT DFT) and on the periodic-table set labelled by the SevenNet-0
+# teacher (NOT DFT; moe_study.datasets picks). One job per (dataset, variant, seed), resumable: its training
+# state (params.state, not an output) survives a killed job, and a rerun goes on from its last epoch; a
+# finished state is reused as it is, and one from other settings is refused: delete the run's state/ folder to
+# train it again. Not part of the default target unless
+# moe_study.enabled; build it with
 #   snakemake moe_study --cores 2 --configfile config/moe_study.yaml
 #
 # Periodic-table set (issue 20; pipeline.data.periodic_set): moe_periodic_sample -> moe_periodic_label (the
@@ -252,39 +256,49 @@ rule moe_study_train:
     input:
         dataset=moe_study_dataset,
     output:
-        checkpoint=f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/model.pt",
-        metrics=f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/metrics.csv",
-        summary=f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/summary.json",
+        checkpoint=f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/seed{{seed}}/model.pt",
+        metrics=f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/seed{{seed}}/metrics.csv",
+        summary=f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/seed{{seed}}/summary.json",
     params:
-        config=stage_config("models", "train", "moe_study"),
+        config=moe_study_train_config(),
+        # not an output: it survives a killed job, and the next run resumes from it
+        state=f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/seed{{seed}}/state/training_state.pt",
     log:
-        "results/logs/moe_study/train/{dataset}/{variant}.log",
+        "results/logs/moe_study/train/{dataset}/{variant}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/moe_study_train/{dataset}/{variant}.tsv"
+        "results/benchmarks/moe_study_train/{dataset}/{variant}/seed{seed}.tsv"
     threads: 1
     wildcard_constraints:
         dataset="pt_co|emt_alloys|periodic",
-        variant=r"[a-z_]+",
+        variant=r"[a-z_0-9]+",
+        seed=r"\d+",
     conda:
         "../../envs/pipeline.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline moe-study-train --config-json {params.config:q} "
         "--dataset {input.dataset} --dataset-name {wildcards.dataset} --variant {wildcards.variant} "
+        "--seed {wildcards.seed} --state {params.state} "
         "--checkpoint {output.checkpoint} --metrics {output.metrics} --summary {output.summary} > {log} 2>&1"
 
 
 rule moe_study_report:
     input:
         summaries=expand(
-            f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/summary.json",
+            f"{MOE_STUDY_DIR}/{{dataset}}/{{variant}}/seed{{seed}}/summary.json",
             dataset=CFG.moe_study.datasets,
             variant=CFG.moe_study.variants,
+            seed=CFG.moe_study.seeds,
         ),
     output:
         csv="results/tables/moe_study.csv",
         md="results/tables/moe_study.md",
+        routing_csv="results/tables/moe_study_routing.csv",
+        routing_md="results/tables/moe_study_routing.md",
         heatmap="results/figures/moe_study_expert_usage.png",
         pca="results/figures/moe_study_routing_pca.png",
+        curves="results/figures/moe_study_learning_curves.png",
+    params:
+        config=stage_config("moe_study"),
     log:
         "results/logs/moe_study/report.log",
     benchmark:
@@ -293,8 +307,9 @@ rule moe_study_report:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        "python -m pipeline moe-study-report --summaries {input.summaries} --csv {output.csv} --md {output.md} "
-        "--heatmap {output.heatmap} --pca {output.pca} > {log} 2>&1"
+        "python -m pipeline moe-study-report --config-json {params.config:q} --summaries {input.summaries} "
+        "--csv {output.csv} --md {output.md} --routing-csv {output.routing_csv} --routing-md {output.routing_md} "
+        "--heatmap {output.heatmap} --pca {output.pca} --curves {output.curves} > {log} 2>&1"
 
 
 rule moe_study:
