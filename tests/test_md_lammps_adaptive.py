@@ -7,6 +7,8 @@ slab (14 atoms, periodic in x and y); one torch thread.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -152,7 +154,10 @@ def test_several_mpi_ranks_are_refused_before_lammps_starts(tmp_path, capsys):
         LammpsMD(evaluator, system, nve(mpi_ranks=2), MDSafetyConfig(), files_in(tmp_path), seed=1, fingerprint="x")
     assert not (tmp_path / "state").exists()
     # the stage and the CLI, before anything is loaded or launched (no checkpoint, no cell needed)
-    cfg = config_from_dict({"md": {"partition": {"mode": "adaptive"}, "run": {"mpi_ranks": 2}}})
+    with pytest.raises(ConfigError, match="one MPI rank only"):  # refused when the configuration loads
+        config_from_dict({"md": {"partition": {"mode": "adaptive"}, "run": {"mpi_ranks": 2}}})
+    valid = config_from_dict({"md": {"partition": {"mode": "adaptive"}}})  # and by the stage, for a Config built in code
+    cfg = dataclasses.replace(valid, md=dataclasses.replace(valid.md, run=dataclasses.replace(valid.md.run, mpi_ranks=2)))
     paths = dict(cell=tmp_path / "c", thermo_csv=tmp_path / "t", final=tmp_path / "f", dump=tmp_path / "d",
                  summary=tmp_path / "s", state_dir=tmp_path / "state")
     with pytest.raises(ConfigError, match="md.run.mpi_ranks' is 2, but the adaptive partition"):
