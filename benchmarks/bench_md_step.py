@@ -30,8 +30,9 @@ chunking). Writes a CSV and a Markdown table with, per case:
   a fresh process).
 
 Weights are random (a model's cost does not depend on its weights); the architectures are the
-``models.hf`` / ``models.lf`` presets of ``--config``. ``--profile N`` also writes the top operators of
-the HF expert at N atoms (torch.profiler, self CPU time) for both variants.
+``models.hf`` / ``models.lf`` presets of ``--config`` (``--hf-variant moe_element_shared``: the HF preset with
+element-routed MoE layers at its dense active parameter count, :mod:`pipeline.train.moe_study`). ``--profile N``
+also writes the top operators of the HF expert at N atoms (torch.profiler, self CPU time) for both variants.
 
 Usage::
 
@@ -86,7 +87,15 @@ def _setup(args: dict):
     cfg = load_config(args["config"], check_files=False)
     dtype = DTYPES[args["dtype"]]
     atoms = timing_slab(args["size"], layers=6, co_coverage=0.16, lattice_constant_a=cfg.analysis.lattice_constant_a)
-    models = {name: build_model(getattr(cfg.models, name), cfg.species, dtype=dtype, seed=i).eval()
+    presets = {name: getattr(cfg.models, name) for name in EXPERTS}
+    if args.get("hf_variant", "dense") != "dense":  # the HF preset with MoE layers at its active parameter count
+        import dataclasses
+
+        from pipeline.train.moe_study import variant_config
+
+        hf_study = dataclasses.replace(cfg, moe_study=dataclasses.replace(cfg.moe_study, base_model="hf"))
+        presets["hf"] = variant_config(hf_study, args["hf_variant"], cfg.species)[0]
+    models = {name: build_model(presets[name], cfg.species, dtype=dtype, seed=i).eval()
               for i, name in enumerate(EXPERTS)}
     mode, chunked = args["mode"], args["variant"] == "chunked"
     if mode == "adaptive":
@@ -157,6 +166,7 @@ def worker(args: dict) -> dict:
         builds.append(time.perf_counter() - start)
     return {
         "n_atoms": len(atoms), "mode": args["mode"], "variant": args["variant"],
+        "hf_variant": args.get("hf_variant", "dense"),
         "centres_per_chunk": chunks if isinstance(chunks, int) else "/".join(map(str, chunks)),
         "n_hf": evaluator.centres["hf"], "n_lf": evaluator.centres["lf"],
         **({"r_in_a": potential.r_in, "r_out_a": potential.r_out, "margin_a": potential.margin}
@@ -256,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rebuild-rate", type=float, default=368 / 10000,
                         help="Verlet-list rebuilds per MD step (default: the default MD run's)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--hf-variant", default="dense",
+                        help="the HF expert as this variant of the MoE study (pipeline.train.moe_study.VARIANTS, "
+                             "e.g. moe_element_shared: MoE layers at the dense preset's active parameter count, "
+                             "moe_study settings of --config)")
     parser.add_argument("--csv", type=Path, default=DEFAULT_OUT / "bench_md_step.csv")
     parser.add_argument("--markdown", type=Path, default=DEFAULT_OUT / "bench_md_step.md")
     parser.add_argument("--profile", type=int, default=0, help="also profile the HF expert at this many atoms")
@@ -269,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.atomic import write_atomic
 
     common = {"config": args.config, "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats,
-              "warmup": args.warmup, "hf_fraction": args.hf_fraction, "device": args.device}
+              "warmup": args.warmup, "hf_fraction": args.hf_fraction, "device": args.device,
+              "hf_variant": args.hf_variant}
     modes = ("hf", "lf", *dict.fromkeys(PARTITIONS[p] for p in args.partition))
     cases = [dict(common, size=n, mode=m, variant=v) for v in args.variants for n in args.sizes for m in modes]
     rows = [_run_case(c) for c in tqdm(cases, desc="cases", unit="case")]
@@ -280,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     csv_text = table.to_csv(index=False, float_format="%.5g")
     write_atomic(args.csv, lambda path: path.write_text(csv_text))
     header = (f"# One MD step against system size ({args.device}, {args.threads} torch thread(s), {args.dtype}, "
-              f"median of {args.repeats} after {args.warmup} warm-up; random weights, presets of {args.config})\n\n")
+              f"median of {args.repeats} after {args.warmup} warm-up; random weights, presets of {args.config}, HF "
+              f"as {args.hf_variant})\n\n")
     md_text = header + table.to_markdown(index=False, floatfmt=".4g") + "\n"
     write_atomic(args.markdown, lambda path: path.write_text(md_text))
     if args.profile:

@@ -84,6 +84,7 @@ COMMANDS: tuple[type[Command], ...] = (
     moe_study.MoePeriodicShip,
     moe_study.MoePeriodicCheckSample,
     moe_study.MoePeriodicCheckTable,
+    moe_study.MoeHfReport,
 )
 
 

@@ -660,6 +660,18 @@ class MoEStudyRoutingConfig:
 
 
 @dataclass(frozen=True)
+class MoEStudyHFConfig:
+    """MoE layers in the HF expert on the Pt+CO set (``moe_study.hf_expert:``); see :mod:`pipeline.analysis.moe_hf`.
+
+    The ``models.hf`` preset, dense and as each MoE ``variants`` entry at the dense active parameter count,
+    trained with the study's budget for every ``moe_study.seeds`` seed; its cost per atom of an MD step timed on
+    a Pt(111)+CO slab of about ``timing_atoms`` atoms (``analysis.speed`` layers, coverage, repeats)."""
+
+    variants: tuple[str, ...] = ("dense", "moe_element_shared")
+    timing_atoms: int = 2000
+
+
+@dataclass(frozen=True)
 class RobustnessConfig:
     """Training seeds of the robustness table (``robustness:``); see :mod:`pipeline.analysis.robustness`."""
 
@@ -689,6 +701,7 @@ class MoEStudyConfig:
     max_train_frames: int = 0
     stability: MoEStudyStabilityConfig = field(default_factory=MoEStudyStabilityConfig)
     routing_analysis: MoEStudyRoutingConfig = field(default_factory=MoEStudyRoutingConfig)
+    hf_expert: MoEStudyHFConfig = field(default_factory=MoEStudyHFConfig)
     emt: MoEStudyEMTConfig = field(default_factory=MoEStudyEMTConfig)
     periodic: MoEStudyPeriodicConfig = field(default_factory=MoEStudyPeriodicConfig)
 
@@ -925,6 +938,9 @@ def check_semantics(cfg: Config, *, check_files: bool = True) -> None:
         raise ConfigError(f"config keys 'moe_study.top_k' ({study.top_k}) + 'num_shared' ({study.num_shared}): the "
                           f"variants route that many experts per atom (moe_element routes all of them) but "
                           f"'moe_study.num_experts' is {study.num_experts}")
+    if "dense" not in study.hf_expert.variants:
+        raise ConfigError(f"config key 'moe_study.hf_expert.variants' {list(study.hf_expert.variants)}: dense must be "
+                          "one of them (the reference of the accuracy and cost ratios)")
     strains = cfg.analysis.elastic.strains
     if sum(s > 0 for s in strains) < 2 or sum(s < 0 for s in strains) < 2:
         raise ConfigError(f"config key 'analysis.elastic.strains': needs >= 2 positive and >= 2 negative strains "

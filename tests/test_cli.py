@@ -33,8 +33,9 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_the_registry_keeps_every_stage_name_in_order():
     names = [command.name for command in cli.COMMANDS]
     assert len(names) == len(set(names))
-    assert names == [*STAGES, "config", "adaptive-table", "adaptive-seeds", "moe-periodic-sample", "moe-periodic-dataset",
-                     "moe-periodic-ship", "moe-periodic-check-sample", "moe-periodic-check-table"]
+    assert names == [*STAGES, "config", "adaptive-table", "adaptive-seeds", "moe-periodic-sample",
+                     "moe-periodic-dataset", "moe-periodic-ship", "moe-periodic-check-sample",
+                     "moe-periodic-check-table", "moe-hf-report"]
     assert list(_subparsers(cli.build_parser())) == names
 
 

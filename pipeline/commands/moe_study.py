@@ -1,6 +1,6 @@
 """The MoE routing study: ``moe-emt-sample``, ``moe-emt-dataset``, the periodic-table set (``moe-periodic-sample``,
 ``moe-periodic-dataset``, ``moe-periodic-ship``, ``moe-periodic-check-sample``, ``moe-periodic-check-table``),
-``moe-study-train``, ``moe-study-report`` (workflow/rules/moe_study.smk)."""
+``moe-study-train``, ``moe-study-report``, ``moe-hf-report`` (workflow/rules/moe_study.smk)."""
 
 from __future__ import annotations
 
@@ -184,6 +184,8 @@ class MoeStudyTrain(Command):
         parser.add_argument("--dataset-name", required=True, choices=("pt_co", "emt_alloys", "periodic"),
                             help="which study dataset")
         parser.add_argument("--variant", required=True, help="variant name (pipeline.train.moe_study.VARIANTS)")
+        parser.add_argument("--base-model", choices=("hf", "lf"), default=None,
+                            help="expert preset every variant starts from (default: moe_study.base_model)")
         parser.add_argument("--seed", type=int, default=None,
                             help="training seed: initial weights and batch order (default: the top-level seed)")
         parser.add_argument("--state", default=None,
@@ -194,9 +196,14 @@ class MoeStudyTrain(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> None:
+        import dataclasses
+
         from pipeline.train.moe_study import train_variant
 
-        train_variant(config_from_args(args), dataset=args.dataset, dataset_name=args.dataset_name,
+        cfg = config_from_args(args)
+        if args.base_model is not None:
+            cfg = dataclasses.replace(cfg, moe_study=dataclasses.replace(cfg.moe_study, base_model=args.base_model))
+        train_variant(cfg, dataset=args.dataset, dataset_name=args.dataset_name,
                       variant=args.variant, checkpoint=args.checkpoint, metrics=args.metrics, summary=args.summary,
                       seed=args.seed, state=args.state)
 
@@ -231,3 +238,31 @@ class MoeStudyReport(Command):
         write_report(read_summaries(args.summaries), csv=args.csv, md=args.md, heatmap=args.heatmap, pca=args.pca,
                      routing_csv=args.routing_csv, routing_md=args.routing_md, curves=args.curves,
                      routing_cfg=cfg.moe_study.routing_analysis)
+
+
+class MoeHfReport(Command):
+    name = "moe-hf-report"
+    short_description = "MoE layers in the HF expert: test accuracy and MD-step cost against the dense HF"
+    description = (
+        "Table of the HF-preset runs on the Pt+CO set (moe_study.hf_expert): test energy/force MAE per variant and "
+        "seed with mean/std rows and the ratio to dense, the cost per atom of one MD step of every checkpoint on a "
+        "Pt(111)+CO slab, and whether a MoE variant pays (CSV, Markdown, PNG)."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--summaries", nargs="+", required=True, help="input: summaries of moe-study-train, JSON")
+        parser.add_argument("--checkpoints", nargs="+", required=True,
+                            help="input: the runs' checkpoints, one per summary in the same order")
+        parser.add_argument("--csv", required=True, help="output: table, CSV")
+        parser.add_argument("--md", required=True, help="output: table and verdicts, Markdown")
+        parser.add_argument("--png", required=True, help="output: force MAE against cost per atom, PNG")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.analysis.moe_hf import write_moe_hf
+        from pipeline.train.moe_report import read_summaries
+
+        write_moe_hf(config_from_args(args), read_summaries(args.summaries), args.checkpoints, csv=args.csv,
+                     md=args.md, png=args.png)

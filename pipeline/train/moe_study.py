@@ -316,7 +316,7 @@ def train_variant(
     spec = VARIANTS[variant]
     out = {
         "dataset": dataset_name, "labels": DATASETS[dataset_name], "is_dft": dataset_name == "pt_co",
-        "variant": variant, "seed": seed, "routing": spec.routing,
+        "variant": variant, "seed": seed, "routing": spec.routing, "base_model": cfg.moe_study.base_model,
         "expert_type": spec.expert_type if moe.enabled else "-",
         "shared_experts": moe.num_shared if moe.enabled else 0, "routed_experts": moe.num_experts if moe.enabled else 0,
         "top_k": moe.top_k if moe.enabled else 0,

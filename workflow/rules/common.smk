@@ -165,10 +165,10 @@ def moe_study_dataset(wildcards):
 
 def moe_study_train_config():
     """The config of one study run: the top-level scalars, models, train and moe_study without the keys that only
-    choose runs or shape the report (enabled, datasets, variants, seeds, routing_analysis; the CLI fills their
-    defaults), so adding a seed or a variant reruns nothing that is done."""
+    choose runs or shape the report (enabled, datasets, variants, seeds, routing_analysis, hf_expert; the CLI fills
+    their defaults), so adding a seed or a variant reruns nothing that is done."""
     values = json.loads(stage_config("models", "train", "moe_study"))
-    for key in ("enabled", "datasets", "variants", "seeds", "routing_analysis"):
+    for key in ("enabled", "datasets", "variants", "seeds", "routing_analysis", "hf_expert"):
         values["moe_study"].pop(key)
     return json.dumps(values, sort_keys=True)
 

@@ -315,3 +315,68 @@ rule moe_study_report:
 rule moe_study:
     input:
         rules.moe_study_report.output,
+
+
+# MoE layers in the HF expert (issue 20; pipeline.analysis.moe_hf): the models.hf preset dense and as each
+# moe_study.hf_expert.variants entry at equal active parameters, on the Pt+CO set, every moe_study.seeds seed,
+# resumable like the study's runs; then the accuracy (test split) and the cost of an MD step per atom:
+#   snakemake moe_hf --cores 2 --configfile config/moe_study.yaml
+MOE_HF_DIR = f"{MOE_STUDY_DIR}/hf_expert"
+
+
+rule moe_hf_train:
+    input:
+        dataset=rules.ingest.output.dataset,
+    output:
+        checkpoint=f"{MOE_HF_DIR}/{{variant}}/seed{{seed}}/model.pt",
+        metrics=f"{MOE_HF_DIR}/{{variant}}/seed{{seed}}/metrics.csv",
+        summary=f"{MOE_HF_DIR}/{{variant}}/seed{{seed}}/summary.json",
+    params:
+        config=moe_study_train_config(),
+        # not an output: it survives a killed job, and the next run resumes from it
+        state=f"{MOE_HF_DIR}/{{variant}}/seed{{seed}}/state/training_state.pt",
+    log:
+        "results/logs/moe_study/hf_expert/{variant}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/moe_hf_train/{variant}/seed{seed}.tsv"
+    threads: 1
+    wildcard_constraints:
+        variant=r"[a-z_0-9]+",
+        seed=r"\d+",
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline moe-study-train --config-json {params.config:q} "
+        "--dataset {input.dataset} --dataset-name pt_co --base-model hf --variant {wildcards.variant} "
+        "--seed {wildcards.seed} --state {params.state} "
+        "--checkpoint {output.checkpoint} --metrics {output.metrics} --summary {output.summary} > {log} 2>&1"
+
+
+rule moe_hf_report:
+    input:
+        summaries=expand(f"{MOE_HF_DIR}/{{variant}}/seed{{seed}}/summary.json",
+                         variant=CFG.moe_study.hf_expert.variants, seed=CFG.moe_study.seeds),
+        checkpoints=expand(f"{MOE_HF_DIR}/{{variant}}/seed{{seed}}/model.pt",
+                           variant=CFG.moe_study.hf_expert.variants, seed=CFG.moe_study.seeds),
+    output:
+        csv="results/tables/moe_hf.csv",
+        md="results/tables/moe_hf.md",
+        png="results/figures/moe_hf.png",
+    params:
+        config=stage_config("moe_study", "analysis", "md", "regions"),
+    log:
+        "results/logs/moe_study/hf_report.log",
+    benchmark:
+        "results/benchmarks/moe_hf_report/moe_hf_report.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline moe-hf-report --config-json {params.config:q} "
+        "--summaries {input.summaries} --checkpoints {input.checkpoints} "
+        "--csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
+
+
+rule moe_hf:
+    input:
+        rules.moe_hf_report.output,
