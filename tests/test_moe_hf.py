@@ -22,7 +22,8 @@ def _summaries(variant: str, forces: list[float]) -> list[dict]:
              "top_k": 2 * moe, "active_params": 100, "total_params": 300 if moe else 100, "seed": seed,
              "test_energy_mae_mev_atom": f / 10, "test_force_mae_mev_a": f, "unstable": False, "loss_spikes": 0,
              "nonfinite_grads": 0, "path_jump_mev": 0.0, "epochs": 5, "best_epoch": 4, "train_wall_s": 10.0,
-             "status": "ok", "labels": "DFT"} for seed, f in enumerate(forces)]
+             "status": "ok", "labels": "DFT", "curve": {"train_loss": [4.0, 2.0, 3.0 + seed, 1.0]}}
+            for seed, f in enumerate(forces)]
 
 
 def test_ratios_mean_rows_and_verdicts_from_known_numbers():
@@ -41,6 +42,7 @@ def test_ratios_mean_rows_and_verdicts_from_known_numbers():
     assert moe.loc["0", "cost_vs_dense"] == pytest.approx(1.1)  # against the median dense step (1.0 s)
     assert moe.loc["0", "us_per_atom"] == pytest.approx(1100.0)
     assert moe.loc["mean", "force_mae_mev_a"] == pytest.approx(76.333333)
+    assert moe.loc["2", "max_loss_jump"] == pytest.approx(2.5) and moe.loc["mean", "max_loss_jump"] == pytest.approx(2.0)
     verdicts = verdict(table).set_index("variant")
     assert verdicts.loc["moe_element_shared", "force_mae_lower"] == "supported"
     assert verdicts.loc["moe_element_shared", "seeds_force_lower"] == "3/3"

@@ -46,8 +46,22 @@ MAX_COST_RATIO = 1.2
 #: columns of the table, in order
 COLUMNS = ("dataset", "split", "variant", "routing", "shared_experts", "routed_experts", "top_k", "active_params",
            "total_params", "seed", "energy_mae_mev_atom", "force_mae_mev_a", "force_mae_vs_dense", "unstable",
+           "loss_spikes", "max_loss_jump", "path_jump_mev",
            "step_ms", "us_per_atom", "cost_vs_dense", "n_atoms", "device", "threads", "precision", "best_epoch",
            "epochs", "train_wall_s")
+
+
+def max_loss_jump(losses: Sequence[float]) -> float:
+    """Largest ratio of an epoch's mean training loss to the lowest of the earlier epochs' (1 or less: no jump;
+    the continuous form of :func:`pipeline.train.stability.loss_spikes`, which counts ratios above a factor).
+
+    >>> max_loss_jump([4.0, 2.0, 3.0, 1.0, 5.0])
+    5.0
+    """
+    values = np.asarray([x for x in losses if np.isfinite(x)], dtype=float)
+    if len(values) < 2:
+        return float("nan")
+    return float(np.max(values[1:] / np.minimum.accumulate(values)[:-1]))
 
 
 def time_checkpoints(cfg: Config, checkpoints: Mapping[str, str | Path]) -> tuple[dict[str, float], int, str]:
@@ -88,6 +102,7 @@ def moe_hf_table(cfg: Config, summaries: Sequence[dict], seconds: Mapping[tuple[
     if wrong:
         raise ValueError(f"the HF-expert MoE table takes runs of the hf preset on pt_co, got (dataset, base) {wrong}")
     table = study_table(summaries)
+    jumps = {(s["variant"], int(s["seed"])): max_loss_jump(s["curve"]["train_loss"]) for s in summaries}
     per_seed = table[table["seed"].map(lambda x: not isinstance(x, str))]
     dense = per_seed[per_seed["variant"] == "dense"].set_index("seed")
     if dense.empty:
@@ -103,14 +118,15 @@ def moe_hf_table(cfg: Config, summaries: Sequence[dict], seconds: Mapping[tuple[
             step = seconds[(row["variant"], seed)]
             ref = float(dense.loc[seed, "force_mae_mev_a"]) if seed in dense.index else float("nan")
             out.update(step_ms=1000.0 * step, us_per_atom=1e6 * step / n_atoms, cost_vs_dense=step / dense_step,
-                       force_mae_vs_dense=float(row["force_mae_mev_a"]) / ref)
+                       force_mae_vs_dense=float(row["force_mae_mev_a"]) / ref,
+                       max_loss_jump=jumps[(row["variant"], seed)])
         rows.append(out)
     out = pd.DataFrame(rows)
     for variant, block in out.groupby("variant", sort=False):  # mean / std rows of the per-seed columns
         seeds = block[block["seed"].map(lambda x: not isinstance(x, str))]
         for stat in ("mean", "std"):
             index = block.index[block["seed"] == stat]
-            for column in ("step_ms", "us_per_atom", "cost_vs_dense", "force_mae_vs_dense"):
+            for column in ("step_ms", "us_per_atom", "cost_vs_dense", "force_mae_vs_dense", "max_loss_jump"):
                 out.loc[index, column] = float(getattr(seeds[column].astype(float), stat)())
     return out[list(COLUMNS)]
 
@@ -184,6 +200,11 @@ def write_moe_hf(cfg: Config, summaries: Sequence[dict], checkpoints: Sequence[s
         f"coverage {cfg.analysis.speed.co_coverage:g}), {device}, {cfg.torch_threads} torch thread(s), "
         f"{cfg.analysis.speed.dtype}, median of {cfg.analysis.speed.repeats} interleaved repeats; cost_vs_dense "
         "against the median over seeds of the dense step.",
+        "Stability (pipeline.train.stability, moe_study.stability): loss_spikes counts epochs whose mean training "
+        f"loss exceeds {cfg.moe_study.stability.spike_factor:g}x the lowest earlier epoch's, max_loss_jump is the "
+        "largest such ratio, path_jump_mev the largest energy-work mismatch along MD-like paths of test frames; "
+        f"unstable = 1 when spikes exceed {cfg.moe_study.stability.max_loss_spikes}, a gradient was non-finite or "
+        f"the path mismatch exceeds {cfg.moe_study.stability.max_path_jump_mev:g} meV.",
         f"A MoE variant pays when its force MAE is lower than dense on every seed with the mean +- std bands apart, "
         f"at a cost of at most {MAX_COST_RATIO:g}x dense per step.",
         "Verdicts:\n\n" + verdicts.to_markdown(index=False, floatfmt=".3f"),
