@@ -640,7 +640,7 @@ class MoEStudyStabilityConfig:
     """Stability measures and thresholds of the MoE study (``moe_study.stability:``); see
     :mod:`pipeline.train.stability`. Lengths in A, energies in meV."""
 
-    spike_factor: float = 2.0
+    spike_factor: float = 10.0
     max_loss_spikes: int = 0
     path_frames: int = 8
     path_steps: int = 256

@@ -180,7 +180,8 @@ def _summary_rows(dataset: str, variant: str, forces: list[float], unstable: lis
              "total_params": 300 if moe else 100, "seed": seed, "test_energy_mae_mev_atom": f / 10,
              "test_force_mae_mev_a": f, "unstable": u, "loss_spikes": 0, "nonfinite_grads": 0,
              "path_jump_mev": 50.0 * u, "epochs": 5, "best_epoch": 5, "train_wall_s": 1.0, "status": "ok",
-             "labels": "x", **extra} for seed, (f, u) in enumerate(zip(forces, unstable))]
+             "labels": "x", "curve": {"train_loss": [2.0, 1.0, 1.0 + 50.0 * u]}, **extra}
+            for seed, (f, u) in enumerate(zip(forces, unstable))]
 
 
 def test_claims_are_judged_from_mean_and_std_over_seeds():
@@ -197,6 +198,9 @@ def test_claims_are_judged_from_mean_and_std_over_seeds():
     assert force[force.index.str.startswith("element-wise routing")].item().startswith("not tested")
     instability = verdicts[verdicts["claim"].str.startswith("global")]["verdict"].item()
     assert instability == "supported"
+    table = study_table(rows)
+    global_ = table[(table["variant"] == "moe_global_shared") & (table["seed"] == "mean")]
+    assert global_["max_loss_jump"].item() == pytest.approx((51.0 + 51.0 + 1.0) / 3)  # 51x on the unstable seeds
     assert "80.0 +- 1.0 (n=3)" in verdicts[verdicts["claim"].str.startswith("sparse")]["better"].iloc[0]
 
 

@@ -51,19 +51,6 @@ COLUMNS = ("dataset", "split", "variant", "routing", "shared_experts", "routed_e
            "epochs", "train_wall_s")
 
 
-def max_loss_jump(losses: Sequence[float]) -> float:
-    """Largest ratio of an epoch's mean training loss to the lowest of the earlier epochs' (1 or less: no jump;
-    the continuous form of :func:`pipeline.train.stability.loss_spikes`, which counts ratios above a factor).
-
-    >>> max_loss_jump([4.0, 2.0, 3.0, 1.0, 5.0])
-    5.0
-    """
-    values = np.asarray([x for x in losses if np.isfinite(x)], dtype=float)
-    if len(values) < 2:
-        return float("nan")
-    return float(np.max(values[1:] / np.minimum.accumulate(values)[:-1]))
-
-
 def time_checkpoints(cfg: Config, checkpoints: Mapping[str, str | Path]) -> tuple[dict[str, float], int, str]:
     """Median wall time (s) of one MD step's energy and forces per checkpoint (keys kept), the atom count of
     the timed slab and the device label.
@@ -102,7 +89,6 @@ def moe_hf_table(cfg: Config, summaries: Sequence[dict], seconds: Mapping[tuple[
     if wrong:
         raise ValueError(f"the HF-expert MoE table takes runs of the hf preset on pt_co, got (dataset, base) {wrong}")
     table = study_table(summaries)
-    jumps = {(s["variant"], int(s["seed"])): max_loss_jump(s["curve"]["train_loss"]) for s in summaries}
     per_seed = table[table["seed"].map(lambda x: not isinstance(x, str))]
     dense = per_seed[per_seed["variant"] == "dense"].set_index("seed")
     if dense.empty:
@@ -118,15 +104,14 @@ def moe_hf_table(cfg: Config, summaries: Sequence[dict], seconds: Mapping[tuple[
             step = seconds[(row["variant"], seed)]
             ref = float(dense.loc[seed, "force_mae_mev_a"]) if seed in dense.index else float("nan")
             out.update(step_ms=1000.0 * step, us_per_atom=1e6 * step / n_atoms, cost_vs_dense=step / dense_step,
-                       force_mae_vs_dense=float(row["force_mae_mev_a"]) / ref,
-                       max_loss_jump=jumps[(row["variant"], seed)])
+                       force_mae_vs_dense=float(row["force_mae_mev_a"]) / ref)
         rows.append(out)
     out = pd.DataFrame(rows)
     for variant, block in out.groupby("variant", sort=False):  # mean / std rows of the per-seed columns
         seeds = block[block["seed"].map(lambda x: not isinstance(x, str))]
         for stat in ("mean", "std"):
             index = block.index[block["seed"] == stat]
-            for column in ("step_ms", "us_per_atom", "cost_vs_dense", "force_mae_vs_dense", "max_loss_jump"):
+            for column in ("step_ms", "us_per_atom", "cost_vs_dense", "force_mae_vs_dense"):
                 out.loc[index, column] = float(getattr(seeds[column].astype(float), stat)())
     return out[list(COLUMNS)]
 

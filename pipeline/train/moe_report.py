@@ -33,15 +33,16 @@ from ase.data import atomic_numbers
 
 from pipeline.config import MoEStudyRoutingConfig
 from pipeline.data.periodic_set import ELEMENT_FAMILIES
+from pipeline.train.stability import max_loss_jump
 
 #: the study table's columns after ``dataset`` (issue 20), in order
 COLUMNS = ("variant", "routing", "shared_experts", "routed_experts", "top_k", "active_params", "total_params", "seed",
            "energy_mae_mev_atom", "force_mae_mev_a", "unstable")
 #: further columns of the study table: stability measures and the training record
-EXTRA_COLUMNS = ("expert_type", "loss_spikes", "nonfinite_grads", "path_jump_mev", "epochs", "best_epoch",
-                 "train_wall_s", "status", "labels")
-_AGGREGATED = ("energy_mae_mev_atom", "force_mae_mev_a", "unstable", "loss_spikes", "nonfinite_grads",
-               "path_jump_mev", "epochs", "best_epoch", "train_wall_s")
+EXTRA_COLUMNS = ("expert_type", "loss_spikes", "max_loss_jump", "nonfinite_grads", "path_jump_mev", "epochs",
+                 "best_epoch", "train_wall_s", "status", "labels")
+_AGGREGATED = ("energy_mae_mev_atom", "force_mae_mev_a", "unstable", "loss_spikes", "max_loss_jump",
+               "nonfinite_grads", "path_jump_mev", "epochs", "best_epoch", "train_wall_s")
 GROUPS = {"Ni": "Ni/Pd/Pt", "Pd": "Ni/Pd/Pt", "Pt": "Ni/Pd/Pt", "Cu": "Cu/Ag/Au", "Ag": "Cu/Ag/Au", "Au": "Cu/Ag/Au",
           "Al": "Al"}
 _COLOURS = {"Ni/Pd/Pt": "tab:blue", "Cu/Ag/Au": "tab:orange", "Al": "tab:green", "other": "tab:gray"}
@@ -103,6 +104,7 @@ def seed_rows(summaries: Sequence[dict]) -> pd.DataFrame:
             "seed": int(s["seed"]), "energy_mae_mev_atom": float(s["test_energy_mae_mev_atom"]),
             "force_mae_mev_a": float(s["test_force_mae_mev_a"]), "unstable": int(bool(s["unstable"])),
             "expert_type": s["expert_type"], "loss_spikes": int(s["loss_spikes"]),
+            "max_loss_jump": max_loss_jump(s["curve"]["train_loss"]),
             "nonfinite_grads": int(s["nonfinite_grads"]), "path_jump_mev": float(s["path_jump_mev"]),
             "epochs": int(s["epochs"]), "best_epoch": int(s["best_epoch"]), "train_wall_s": float(s["train_wall_s"]),
             "status": s["status"], "labels": s["labels"],
@@ -497,7 +499,8 @@ def _split_lines(summaries: Sequence[dict]) -> list[str]:
 def _stability_lines(summaries: Sequence[dict]) -> list[str]:
     st = summaries[0]["stability"]
     return [f"Stability (pipeline.train.stability): `loss_spikes` = epochs whose mean training loss exceeds "
-            f"{st['spike_factor']:g}x the lowest of the earlier epochs'; `nonfinite_grads` "
+            f"{st['spike_factor']:g}x the lowest of the earlier epochs' (`max_loss_jump` = the largest such ratio); "
+            f"`nonfinite_grads` "
             f"= optimiser steps with a non-finite gradient; `path_jump_mev` = the largest |E(x_(i+1)) - E(x_i) + "
             f"(F_i + F_(i+1)).(x_(i+1) - x_i)/2| along straight MD-like paths of {st['path_frames']} test frames "
             f"({st['path_steps']} steps to a Gaussian displacement of {st['path_amplitude_a']:g} A per component, "

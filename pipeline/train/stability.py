@@ -59,6 +59,19 @@ def loss_spikes(losses: Sequence[float], *, factor: float) -> int:
     return count
 
 
+def max_loss_jump(losses: Sequence[float]) -> float:
+    """Largest ratio of an epoch's mean training loss to the lowest of the earlier epochs' (1 or less: no jump;
+    the continuous form of :func:`loss_spikes`, which counts ratios above a factor).
+
+    >>> max_loss_jump([4.0, 2.0, 3.0, 1.0, 5.0])
+    5.0
+    """
+    values = np.asarray([x for x in losses if np.isfinite(x)], dtype=float)
+    if len(values) < 2:
+        return float("nan")
+    return float(np.max(values[1:] / np.minimum.accumulate(values)[:-1]))
+
+
 def gradients_finite(model: torch.nn.Module) -> bool:
     """Whether every gradient of ``model`` is finite (parameters without a gradient are skipped)."""
     return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
