@@ -89,12 +89,9 @@ def _setup(args: dict):
     atoms = timing_slab(args["size"], layers=6, co_coverage=0.16, lattice_constant_a=cfg.analysis.lattice_constant_a)
     presets = {name: getattr(cfg.models, name) for name in EXPERTS}
     if args.get("hf_variant", "dense") != "dense":  # the HF preset with MoE layers at its active parameter count
-        import dataclasses
-
         from pipeline.train.moe_study import variant_config
 
-        hf_study = dataclasses.replace(cfg, moe_study=dataclasses.replace(cfg.moe_study, base_model="hf"))
-        presets["hf"] = variant_config(hf_study, args["hf_variant"], cfg.species)[0]
+        presets["hf"] = variant_config(cfg, args["hf_variant"], cfg.species, base_model="hf")[0]
     models = {name: build_model(presets[name], cfg.species, dtype=dtype, seed=i).eval()
               for i, name in enumerate(EXPERTS)}
     mode, chunked = args["mode"], args["variant"] == "chunked"

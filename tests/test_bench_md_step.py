@@ -56,8 +56,6 @@ def test_adaptive_rows_count_the_shell_for_both_experts():
 def test_the_hf_expert_can_be_timed_with_moe_layers():
     """--hf-variant moe_element_shared: the HF expert of the timed case has element-routed MoE layers at the dense
     preset's active parameter count (tiny presets of config/active_smoke.yaml, 4 layers of Pt with CO)."""
-    import dataclasses
-
     from pipeline.config import load_config
     from pipeline.models.moe import parameter_counts
     from pipeline.train.moe_study import variant_config
@@ -70,8 +68,7 @@ def test_the_hf_expert_can_be_timed_with_moe_layers():
     assert not dense.moe_layers and moe.moe_layers and moe.moe_layers[0].router.mode == "element"
     active, total = parameter_counts(moe)
     cfg = load_config(case["config"], check_files=False)
-    solution = variant_config(dataclasses.replace(cfg, moe_study=dataclasses.replace(cfg.moe_study, base_model="hf")),
-                              "moe_element_shared", cfg.species)[1]
+    solution = variant_config(cfg, "moe_element_shared", cfg.species, base_model="hf")[1]
     # the closest active count the widths allow (tiny preset: 660 against 600 dense), total reported beside
     assert (active, total) == (solution.active, solution.total) and solution.dense == parameter_counts(dense)[0]
     assert total > active

@@ -31,13 +31,11 @@ import pandas as pd
 import torch
 
 from pipeline.analysis._common import device_label, pyplot, save_figure, write_table
-from pipeline.analysis.speed import time_cases, timing_slab
+from pipeline.analysis.speed import full_expert_evaluator, time_cases, timing_slab
 from pipeline.config import Config
 from pipeline.devices import DTYPES, resolve_device
-from pipeline.md.evaluator import MixtureEvaluator
-from pipeline.md.potential import MixturePotential
 from pipeline.models import load_checkpoint
-from pipeline.train.moe_report import better, study_table
+from pipeline.train.moe_report import better, mean_std, per_seed_rows, study_table
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +62,10 @@ def time_checkpoints(cfg: Config, checkpoints: Mapping[str, str | Path]) -> tupl
     s = cfg.analysis.speed
     atoms = timing_slab(cfg.moe_study.hf_expert.timing_atoms, layers=s.layers, co_coverage=s.co_coverage,
                         lattice_constant_a=cfg.analysis.lattice_constant_a)
-    expert = np.zeros(len(atoms), dtype=np.int64)
     cases = {}
     for key, path in checkpoints.items():
         model = load_checkpoint(path, species=tuple(cfg.species), dtype=DTYPES[s.dtype], map_location=device).eval()
-        evaluator = MixtureEvaluator(MixturePotential([model], names=("hf",)), numbers=atoms.numbers, expert=expert,
-                                     skin=cfg.md.neighbor_skin_a, device=device,
-                                     centres_per_chunk=cfg.md.centres_per_chunk.for_experts(("hf",)))
-        cases[key] = (evaluator, atoms)
+        cases[key] = (full_expert_evaluator(cfg, model, "hf", atoms, device), atoms)
     seconds = time_cases(cases, repeats=s.repeats, warmup=s.warmup)
     for key, t in seconds.items():
         log.info("moe_hf: %s: %.1f ms per step on %d atoms", key, 1000.0 * t, len(atoms))
@@ -89,8 +83,8 @@ def moe_hf_table(cfg: Config, summaries: Sequence[dict], seconds: Mapping[tuple[
     if wrong:
         raise ValueError(f"the HF-expert MoE table takes runs of the hf preset on pt_co, got (dataset, base) {wrong}")
     table = study_table(summaries)
-    per_seed = table[table["seed"].map(lambda x: not isinstance(x, str))]
-    dense = per_seed[per_seed["variant"] == "dense"].set_index("seed")
+    seeds = per_seed_rows(table)
+    dense = seeds[seeds["variant"] == "dense"].set_index("seed")
     if dense.empty:
         raise ValueError("the HF-expert MoE table needs the dense runs (the reference)")
     dense_step = float(np.median([seconds[("dense", int(x))] for x in dense.index]))
@@ -108,11 +102,10 @@ def moe_hf_table(cfg: Config, summaries: Sequence[dict], seconds: Mapping[tuple[
         rows.append(out)
     out = pd.DataFrame(rows)
     for variant, block in out.groupby("variant", sort=False):  # mean / std rows of the per-seed columns
-        seeds = block[block["seed"].map(lambda x: not isinstance(x, str))]
-        for stat in ("mean", "std"):
-            index = block.index[block["seed"] == stat]
-            for column in ("step_ms", "us_per_atom", "cost_vs_dense", "force_mae_vs_dense"):
-                out.loc[index, column] = float(getattr(seeds[column].astype(float), stat)())
+        for column in ("step_ms", "us_per_atom", "cost_vs_dense", "force_mae_vs_dense"):
+            mean, std, _ = mean_std(block, "pt_co", variant, column)
+            out.loc[block.index[block["seed"] == "mean"], column] = mean
+            out.loc[block.index[block["seed"] == "std"], column] = std
     return out[list(COLUMNS)]
 
 
@@ -120,17 +113,16 @@ def verdict(table: pd.DataFrame) -> pd.DataFrame:
     """Per MoE variant: accuracy verdicts against dense (force, energy; :func:`better` on mean +- std over
     seeds), seeds with a lower force MAE than dense of the same seed, the cost ratio and ``pays`` (see the
     module docstring)."""
-    per_seed = table[table["seed"].map(lambda x: not isinstance(x, str))]
+    seeds = per_seed_rows(table)
 
-    def stat(variant: str, column: str) -> tuple[float, float, int]:
-        values = per_seed.loc[per_seed["variant"] == variant, column].astype(float)
-        return float(values.mean()), float(values.std()) if len(values) > 1 else float("nan"), len(values)
+    def stat(variant: str, column: str) -> tuple[float, float, int] | None:
+        return mean_std(table, "pt_co", variant, column)
 
     rows = []
-    for variant in dict.fromkeys(per_seed["variant"]):
+    for variant in dict.fromkeys(seeds["variant"]):
         if variant == "dense":
             continue
-        mine = per_seed[per_seed["variant"] == variant]
+        mine = seeds[seeds["variant"] == variant]
         force = better(stat(variant, "force_mae_mev_a"), stat("dense", "force_mae_mev_a"))
         energy = better(stat(variant, "energy_mae_mev_atom"), stat("dense", "energy_mae_mev_atom"))
         lower = int((mine["force_mae_vs_dense"].astype(float) < 1.0).sum())
@@ -149,7 +141,7 @@ def plot_moe_hf(table: pd.DataFrame, png: str | Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     for i, (variant, block) in enumerate(table.groupby("variant", sort=False)):
-        seeds = block[block["seed"].map(lambda x: not isinstance(x, str))]
+        seeds = per_seed_rows(block)
         mean = block[block["seed"] == "mean"].iloc[0]
         std = block[block["seed"] == "std"].iloc[0]
         colour = f"C{i}"
@@ -175,7 +167,7 @@ def write_moe_hf(cfg: Config, summaries: Sequence[dict], checkpoints: Sequence[s
     seconds, n_atoms, device = time_checkpoints(cfg, keyed)
     table = moe_hf_table(cfg, summaries, seconds, n_atoms=n_atoms, device=device)
     verdicts = verdict(table)
-    wall_h = float(table.loc[table["seed"].map(lambda x: not isinstance(x, str)), "train_wall_s"].sum()) / 3600.0
+    wall_h = float(per_seed_rows(table)["train_wall_s"].sum()) / 3600.0
     notes = [
         "Errors on the test split of the Pt+CO set (GPAW PBE), which no run trained on or was selected on "
         "(each run keeps the epoch of its lowest validation loss). Every variant starts from the models.hf preset "

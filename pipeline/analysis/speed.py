@@ -177,6 +177,15 @@ def time_cases(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def full_expert_evaluator(cfg: Config, model: torch.nn.Module, name: str, atoms: Atoms, device: torch.device, *,
+                          chunked: bool = True) -> MixtureEvaluator:
+    """The MD stage's evaluator with ``model`` (expert ``name``) on every atom of ``atoms``: Verlet skin of
+    ``md.neighbor_skin_a``, the chunk size of ``md.centres_per_chunk`` for ``name`` (``chunked``) or one pass."""
+    return MixtureEvaluator(MixturePotential([model], names=(name,)), numbers=atoms.numbers,
+                            expert=np.zeros(len(atoms), dtype=np.int64), skin=cfg.md.neighbor_skin_a, device=device,
+                            centres_per_chunk=cfg.md.centres_per_chunk.for_experts((name,)) if chunked else 0)
+
+
 def speed_rows(cfg: Config, experts: Mapping[str, torch.nn.Module], n_atoms: int, device: torch.device) -> list[dict]:
     """Rows of one system size: full HF, full LF, the mixture at each HF fraction and the adaptive partition."""
     s = cfg.analysis.speed
@@ -192,10 +201,8 @@ def speed_rows(cfg: Config, experts: Mapping[str, torch.nn.Module], n_atoms: int
     chunks = cfg.md.centres_per_chunk
     for suffix, chunked in (("", True), ("/one_pass", False)):
         for name in EXPERTS:
-            potential = MixturePotential([experts[name]], names=(name,))
-            cases[name + suffix] = (MixtureEvaluator(
-                potential, numbers=atoms.numbers, expert=np.zeros(n, dtype=np.int64), skin=skin, device=device,
-                centres_per_chunk=chunks.for_experts((name,)) if chunked else 0), atoms)
+            cases[name + suffix] = (full_expert_evaluator(cfg, experts[name], name, atoms, device, chunked=chunked),
+                                    atoms)
             meta[name + suffix] = (name, 1.0 if name == "hf" else 0.0, n if name == "hf" else 0,
                                    n if name == "lf" else 0)
         mixture = MixturePotential([experts["hf"], experts["lf"]], names=EXPERTS)

@@ -134,9 +134,16 @@ def study_table(summaries: Sequence[dict]) -> pd.DataFrame:
     return pd.concat([b for _, _, b in blocks], ignore_index=True)[columns] if blocks else pd.DataFrame(columns=columns)
 
 
-def _mean_std(table: pd.DataFrame, dataset: str, variant: str, column: str) -> tuple[float, float, int] | None:
-    rows = table[(table["dataset"] == dataset) & (table["variant"] == variant)
-                 & table["seed"].map(lambda s: not isinstance(s, str))]
+def per_seed_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-seed rows of a :func:`study_table` (without its ``mean`` and ``std`` rows)."""
+    return table[table["seed"].map(lambda s: not isinstance(s, str))]
+
+
+def mean_std(table: pd.DataFrame, dataset: str, variant: str, column: str) -> tuple[float, float, int] | None:
+    """``(mean, sample std, seeds)`` of ``column`` over the per-seed rows of ``dataset`` and ``variant`` (std NaN
+    for one seed); ``None`` when the variant has no rows."""
+    seeds = per_seed_rows(table)
+    rows = seeds[(seeds["dataset"] == dataset) & (seeds["variant"] == variant)]
     if rows.empty:
         return None
     values = rows[column].astype(float)
@@ -179,10 +186,10 @@ _METRICS = (("force_mae_mev_a", "test force MAE (meV/A)", 1), ("energy_mae_mev_a
 
 
 def _instability_claim(table: pd.DataFrame, dataset: str) -> dict:
-    g = _mean_std(table, dataset, "moe_global_shared", "unstable")
-    e = _mean_std(table, dataset, "moe_element_shared", "unstable")
-    jump_g = _mean_std(table, dataset, "moe_global_shared", "path_jump_mev")
-    jump_e = _mean_std(table, dataset, "moe_element_shared", "path_jump_mev")
+    g = mean_std(table, dataset, "moe_global_shared", "unstable")
+    e = mean_std(table, dataset, "moe_element_shared", "unstable")
+    jump_g = mean_std(table, dataset, "moe_global_shared", "path_jump_mev")
+    jump_e = mean_std(table, dataset, "moe_element_shared", "path_jump_mev")
     if g is None or e is None:
         verdict = "not tested (variant not trained)"
     elif g[2] < 2:
@@ -204,7 +211,7 @@ def _instability_claim(table: pd.DataFrame, dataset: str) -> dict:
 
 def _split_claim(table: pd.DataFrame, dataset: str) -> dict:
     variants = {"1/4": "moe_element_shared25", "1/2": "moe_element_shared", "3/4": "moe_element_shared75"}
-    stats = {k: _mean_std(table, dataset, v, "force_mae_mev_a") for k, v in variants.items()}
+    stats = {k: mean_std(table, dataset, v, "force_mae_mev_a") for k, v in variants.items()}
     shares = {k: table[(table["dataset"] == dataset) & (table["variant"] == v)][["shared_experts", "top_k"]]
               for k, v in variants.items()}
     if any(s is None for s in stats.values()):
@@ -232,7 +239,7 @@ def claims(table: pd.DataFrame, routing: pd.DataFrame | None = None, *, alpha: f
     for dataset in dict.fromkeys(table["dataset"]):
         for claim, a, b in PAIR_CLAIMS:
             for column, name, digits in _METRICS:
-                sa, sb = _mean_std(table, dataset, a, column), _mean_std(table, dataset, b, column)
+                sa, sb = mean_std(table, dataset, a, column), mean_std(table, dataset, b, column)
                 rows.append({"dataset": dataset, "claim": claim, "metric": name, "better": f"{a}: {_fmt(sa, digits)}",
                              "worse": f"{b}: {_fmt(sb, digits)}", "verdict": better(sa, sb)})
         rows.append(_instability_claim(table, dataset))

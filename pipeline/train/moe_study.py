@@ -199,10 +199,12 @@ def equal_active_width(base: ExpertConfig, moe: MoEConfig, species: Sequence[str
     return WidthSolution(factor=factor, widths=widths, active=active, total=total, dense=dense)
 
 
-def variant_config(cfg: Config, variant: str, species: Sequence[str]) -> tuple[ExpertConfig, WidthSolution | None]:
+def variant_config(cfg: Config, variant: str, species: Sequence[str], *,
+                   base_model: str | None = None) -> tuple[ExpertConfig, WidthSolution | None]:
     """The expert config of ``variant`` for ``species`` (widths solved for equal active parameters) and the
-    width solution (``None`` for the dense model)."""
-    base: ExpertConfig = getattr(cfg.models, cfg.moe_study.base_model)
+    width solution (``None`` for the dense model); built on the ``models.<base_model>`` preset (default
+    ``moe_study.base_model``)."""
+    base: ExpertConfig = getattr(cfg.models, base_model or cfg.moe_study.base_model)
     moe = variant_moe(cfg, variant)
     if not moe.enabled:
         return dataclasses.replace(base, moe=moe), None
