@@ -83,6 +83,7 @@ COMMANDS: tuple[type[Command], ...] = (
     moe_study.MoePeriodicDataset,
     moe_study.MoePeriodicShip,
     moe_study.MoePeriodicCheckSample,
+    moe_study.MoePeriodicCheckShip,
     moe_study.MoePeriodicCheckTable,
     moe_study.MoeHfReport,
 )

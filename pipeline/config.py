@@ -599,6 +599,7 @@ class MoEStudyTeacherCheckConfig:
     n_frames: int = 60
     max_atoms: int = 8
     n_chunks: int = 2
+    path: str = "resources/moe_study/periodic_check_gpaw.extxyz"
     mode: str = "pw"
     ecut_ev: float = 600.0
     basis: str = "dzp"

@@ -35,7 +35,7 @@ def test_the_registry_keeps_every_stage_name_in_order():
     assert len(names) == len(set(names))
     assert names == [*STAGES, "config", "adaptive-table", "adaptive-seeds", "moe-periodic-sample",
                      "moe-periodic-dataset", "moe-periodic-ship", "moe-periodic-check-sample",
-                     "moe-periodic-check-table", "moe-hf-report"]
+                     "moe-periodic-check-ship", "moe-periodic-check-table", "moe-hf-report"]
     assert list(_subparsers(cli.build_parser())) == names
 
 

@@ -212,3 +212,36 @@ def test_gpaw_unconverged_scf_is_recorded(tmp_path):
     assert failure["structure_id"] == "test-co-maxiter" and failure["attempts"] == 2
     assert "not converged" in failure["reason"] and "damped mixer" in failure["reason"]
     assert (tmp_path / "logs" / "test-co-maxiter.retry.txt").exists()
+
+
+def test_earlier_labels_are_taken_only_for_the_same_geometry_and_settings(tmp_path, cfg, structures, monkeypatch):
+    """A shipped file of earlier labels (``label --reuse``): matching structures are not computed again and come out
+    as they were; one moved atom or one changed setting is refused with its reason, and that structure is computed."""
+    first = label_structures(structures, cfg, cache_dir=tmp_path / "a", log_dir=tmp_path / "la", progress=False)
+    write(tmp_path / "shipped.extxyz", first.frames)
+    earlier = read(tmp_path / "shipped.extxyz", index=":")
+    moved = [s.copy() for s in structures]
+    moved[1].positions[0, 2] += 1e-3
+    assert labelling.reuse_mismatch(moved[1], earlier[1], cfg.label) == "other cell or positions"
+    other = dataclasses.replace(cfg.label, calculator="gpaw")
+    assert labelling.reuse_mismatch(structures[0], earlier[0], other).startswith("label_calculator is 'emt'")
+    no_forces = earlier[0].copy()
+    assert labelling.reuse_mismatch(structures[0], no_forces, cfg.label) == "no energy or forces"
+
+    calls = []
+    real = labelling.compute_labels
+
+    def counting(atoms, *args, **kwargs):
+        calls.append(atoms.info["structure_id"])
+        return real(atoms, *args, **kwargs)
+
+    monkeypatch.setattr(labelling, "compute_labels", counting)
+    assert labelling.seed_cache(moved, cfg.label, earlier, tmp_path / "b") == len(structures) - 1
+    again = label_structures(moved, cfg, cache_dir=tmp_path / "b", log_dir=tmp_path / "lb", progress=False)
+    assert calls == [moved[1].info["structure_id"]]
+    keep = [k for k in range(len(structures)) if k != 1]
+    _assert_same_frames([first.frames[k] for k in keep], [again.frames[k] for k in keep])
+    # what the cache holds is never overwritten, and cached_labels returns it in the frames' order
+    assert labelling.seed_cache(moved, cfg.label, earlier, tmp_path / "b") == 0
+    assert [f.info["structure_id"] for f in labelling.cached_labels(moved, cfg.label, tmp_path / "b")] == [
+        s.info["structure_id"] for s in moved]

@@ -144,3 +144,21 @@ def test_tiny_gpaw_check_end_to_end(tmp_path):
     assert np.isfinite(table["force_mae_mev_a"]).all() and set(table["grouping"]) >= {"element family", "all"}
     md = (tmp_path / "check.md").read_text()
     assert "removes a per-element constant" in md and "pw 200 eV" in md
+
+    # ship what the cache holds, then a fresh checkout labels nothing: the label job takes the shipped frames
+    (tmp_path / "resources").mkdir()
+    pipeline("moe-periodic-check-ship", "--config-json", label_config, "--chunks", "chunk_0.extxyz", "--cache-dir",
+             "cache", "--receipt", "shipped.csv", "--command", "the command")
+    shipped = read(tmp_path / cfg.moe_study.periodic.teacher_check.path, index=":")
+    assert [f.info["structure_id"] for f in shipped] == [f.info["structure_id"] for f in gpaw]
+    receipt = pd.read_csv(tmp_path / "shipped.csv")
+    assert receipt[["drawn", "labelled"]].sum().tolist() == [2, 2]
+    readme = (tmp_path / cfg.moe_study.periodic.teacher_check.path).with_name("periodic_check_gpaw_README.md")
+    assert "2 of the 2 frames" in readme.read_text() and "the command" in readme.read_text()
+    pipeline("label", "--config-json", label_config, "--structures", "chunk_0.extxyz", "--output", "again.extxyz",
+             "--failures", "failures2.csv", "--cache-dir", "cache2", "--log-dir", "logs2", "--no-progress",
+             "--reuse", cfg.moe_study.periodic.teacher_check.path)
+    assert not list((tmp_path / "logs2").glob("*.txt"))  # no GPAW run
+    again = read(tmp_path / "again.extxyz", index=":")
+    assert [f.get_potential_energy() for f in again] == [f.get_potential_energy() for f in gpaw]
+    assert all(np.array_equal(a.get_forces(), b.get_forces()) for a, b in zip(again, gpaw))

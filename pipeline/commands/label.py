@@ -47,6 +47,9 @@ class Label(Command):
         parser.add_argument("--cache-dir", required=True, help="directory of the per-structure result cache")
         parser.add_argument("--log-dir", required=True, help="directory of the per-structure calculator logs")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument("--reuse", nargs="*", default=[],
+                            help="input: extxyz files of earlier labels (a shipped file); a structure whose earlier "
+                                 "label has the same geometry and settings is taken instead of computed")
 
     @staticmethod
     def run(args: argparse.Namespace) -> None:
@@ -60,6 +63,7 @@ class Label(Command):
             cache_dir=args.cache_dir,
             log_dir=args.log_dir,
             progress=not args.no_progress,
+            reuse=args.reuse,
         )
 
 

@@ -142,6 +142,36 @@ class MoePeriodicCheckSample(Command):
         write_check_subset(args.labelled, config_from_args(args).moe_study.periodic, args.subset, args.chunks)
 
 
+class MoePeriodicCheckShip(Command):
+    name = "moe-periodic-check-ship"
+    short_description = "ship the GPAW labels of the teacher check done so far (resources/) with a README"
+    description = (
+        "Writes the check frames that the label cache holds (GPAW PBE) to moe_study.periodic.teacher_check.path "
+        "and a README beside it; works on a check that is still running or was stopped, and the check's label jobs "
+        "take these labels back instead of computing them."
+    )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_args(parser)
+        parser.add_argument("--chunks", nargs="+", required=True, help="input: the check's unlabelled chunk files")
+        parser.add_argument("--cache-dir", required=True, help="input: the check's per-structure label cache")
+        parser.add_argument("--receipt", required=True, help="output: frames drawn and labelled per family, CSV")
+        parser.add_argument("--command", default=None, help="the command that produced the labels (README)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> None:
+        from pipeline.atomic import write_atomic
+        from pipeline.data.teacher_check import ship_check_labels
+
+        command = args.command or ("snakemake moe_periodic_check --cores 2 --configfile config/moe_study.yaml  "
+                                   "# stop it whenever: the cache keeps every finished frame\n"
+                                   "snakemake moe_periodic_check_ship --forcerun moe_periodic_check_ship --cores 1 "
+                                   "--configfile config/moe_study.yaml")
+        counts = ship_check_labels(args.chunks, config_from_args(args), args.cache_dir, command=command)
+        write_atomic(args.receipt, lambda tmp: counts.to_csv(tmp, index=False))
+
+
 class MoePeriodicCheckTable(Command):
     name = "moe-periodic-check-table"
     short_description = "teacher vs GPAW PBE errors on the check subset (per element family, aligned energies)"

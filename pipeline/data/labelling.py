@@ -346,6 +346,78 @@ def label_one(atoms: Atoms, cfg: LabelConfig, *, cache_dir: Path, log_dir: Path)
     return None, record
 
 
+# ----------------------------------------------------------------------------------------------
+# labels made before (a shipped file): taken into the cache instead of being computed again
+# ----------------------------------------------------------------------------------------------
+
+#: largest position or cell difference (A) between a structure and an earlier label of it (extxyz keeps 8 decimals)
+REUSE_TOLERANCE_A = 1e-6
+
+
+def reuse_mismatch(atoms: Atoms, earlier: Atoms, cfg: LabelConfig) -> str | None:
+    """Why ``earlier`` is not a label of ``atoms`` made with ``cfg``'s settings, or ``None`` when it is.
+
+    ``earlier`` must have the same elements, periodicity, cell and positions (within :data:`REUSE_TOLERANCE_A`),
+    finite energy and forces, and every setting of :func:`label_metadata` (calculator, code version, functional,
+    mode, cutoff or basis, k-point mesh, smearing, setups, spin, stress) recorded in its ``info`` with the value
+    ``cfg`` gives ``atoms``.
+    """
+    if not (np.array_equal(atoms.numbers, earlier.numbers) and np.array_equal(atoms.pbc, earlier.pbc)):
+        return "other elements or periodicity"
+    if (np.abs(atoms.cell.array - earlier.cell.array).max() > REUSE_TOLERANCE_A
+            or np.abs(atoms.positions - earlier.positions).max() > REUSE_TOLERANCE_A):
+        return "other cell or positions"
+    results = earlier.calc.results if earlier.calc is not None else {}
+    if results.get("energy") is None or results.get("forces") is None:
+        return "no energy or forces"
+    if not (np.isfinite(results["energy"]) and np.isfinite(results["forces"]).all()):
+        return "non-finite energy or forces"
+    for key, value in label_metadata(atoms, cfg).items():
+        have = earlier.info.get(key)
+        same = (have is not None and np.isclose(float(have), float(value))) if isinstance(value, float) else (
+            str(have) == str(value))
+        if not same:
+            return f"{key} is {have!r}, the settings give {value!r}"
+    return None
+
+
+def seed_cache(frames: Sequence[Atoms], cfg: LabelConfig, earlier: Sequence[Atoms], cache_dir: str | Path) -> int:
+    """Write the earlier labels of ``frames`` (matched by ``info['structure_id']``) into the cache, so that
+    :func:`label_one` takes them instead of computing them; returns how many were taken.
+
+    An earlier label that does not match (:func:`reuse_mismatch`) is left out with a warning naming the structure
+    and the reason, and that structure is computed; what the cache already holds is never overwritten.
+    """
+    by_id = {str(f.info.get("structure_id")): f for f in earlier}
+    taken = 0
+    for atoms in frames:
+        sid = str(atoms.info.get("structure_id"))
+        if sid not in by_id:
+            continue
+        done, _ = cache_paths(atoms, cfg, cache_dir)
+        if done.exists():
+            continue
+        reason = reuse_mismatch(atoms, by_id[sid], cfg)
+        if reason is not None:
+            log.warning("earlier label of %s not reused (%s): computing it", sid, reason)
+            continue
+        frame = by_id[sid]
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        write_atomic(done, lambda tmp, frame=frame: write(tmp, frame, format="extxyz"))
+        taken += 1
+    return taken
+
+
+def cached_labels(frames: Sequence[Atoms], cfg: LabelConfig, cache_dir: str | Path) -> list[Atoms]:
+    """The labelled frames the cache holds for ``frames`` (in their order; those not done yet are left out)."""
+    out = []
+    for atoms in frames:
+        done, _ = cache_paths(atoms, cfg, cache_dir)
+        if done.exists():
+            out.append(read(done, format="extxyz"))
+    return out
+
+
 def label_structures(
     frames: Sequence[Atoms], cfg: Config, *, cache_dir: str | Path, log_dir: str | Path, progress: bool = True
 ) -> LabelResult:
@@ -390,13 +462,25 @@ def label_file(
     cache_dir: str | Path,
     log_dir: str | Path,
     progress: bool = True,
+    reuse: Sequence[str | Path] = (),
 ) -> LabelResult:
-    """Label the unlabelled structures of one extxyz file; write the labelled frames and failures CSV."""
+    """Label the unlabelled structures of one extxyz file; write the labelled frames and failures CSV.
+
+    ``reuse``: extxyz files of earlier labels (a shipped file); those that match a structure and the settings are
+    taken instead of computed (:func:`seed_cache`).
+    """
     structures = Path(structures)
     try:
         frames = read(structures, index=":", format="extxyz")
     except Exception as exc:
         raise ValueError(f"cannot read structures from {structures}: {exc}") from exc
+    for path in reuse:
+        try:
+            earlier = read(path, index=":", format="extxyz")
+        except Exception as exc:
+            raise ValueError(f"cannot read earlier labels from {path}: {exc}") from exc
+        taken = seed_cache(frames, cfg.label, earlier, cache_dir)
+        log.info("%s: %d of %d structures taken from %s", structures, taken, len(frames), path)
     result = label_structures(frames, cfg, cache_dir=cache_dir, log_dir=log_dir, progress=progress)
     _write_outputs(result.frames, result.failures, Path(output), Path(failures_csv))
     log.info("%s: %d labelled, %d failed", structures, len(result.frames), len(result.failures))

@@ -33,6 +33,7 @@ from ase.io import write
 
 from pipeline.atomic import write_atomic
 from pipeline.config import Config, LabelConfig, MoEStudyPeriodicConfig
+from pipeline.data.labelling import cached_labels
 from pipeline.data.periodic_set import ELEMENT_FAMILIES, FAMILIES, MAGNETIC
 from pipeline.data.periodic_ship import read_frames
 
@@ -95,6 +96,88 @@ def write_check_subset(labelled: str | Path, cfg: MoEStudyPeriodicConfig, subset
         write_atomic(path, lambda tmp, part=part: write(tmp, part, format="extxyz"))
     log.info("teacher check: %d frames in %d chunks", len(picked), len(chunks))
     return picked
+
+
+# ----------------------------------------------------------------------------------------------
+# shipping the GPAW labels done so far (resources/), so that a later run computes only the rest
+# ----------------------------------------------------------------------------------------------
+
+
+def check_readme_path(path: str | Path) -> Path:
+    """The README beside the shipped GPAW labels: ``<stem>_README.md``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_README.md")
+
+
+def ship_check_labels(chunks: Sequence[str | Path], cfg: Config, cache_dir: str | Path, *, command: str) -> pd.DataFrame:
+    """Write the GPAW labels of the check frames that the label cache holds to
+    ``moe_study.periodic.teacher_check.path`` with a README beside it; returns the frames per family (drawn, done).
+
+    Reads the cache, not the chunk outputs, so it ships a check that is still running or was stopped: the
+    ``moe_periodic_check_label`` rule takes these labels back (``label --reuse``) instead of computing them again.
+    Raises ``ValueError`` when the cache holds no label of a drawn frame.
+    """
+    label_cfg = check_label_config(cfg)
+    drawn = [f for path in chunks for f in read_frames(path)]
+    done = cached_labels(drawn, label_cfg, cache_dir)
+    if not done:
+        raise ValueError(f"the cache {cache_dir} holds no GPAW label of the {len(drawn)} drawn check frames")
+    done.sort(key=lambda f: int(f.info.get("sample_index", 0)))
+    dest = Path(cfg.moe_study.periodic.teacher_check.path)
+    write_atomic(dest, lambda tmp: write(tmp, done, format="extxyz"))
+    counts = pd.DataFrame([{"family": fam, "drawn": sum(f.info.get("family") == fam for f in drawn),
+                            "labelled": sum(f.info.get("family") == fam for f in done),
+                            "cpu_s": sum(float(f.info.get("label_wall_s", np.nan)) for f in done
+                                         if f.info.get("family") == fam)}
+                           for fam in dict.fromkeys(str(f.info.get("family")) for f in drawn)])
+    text = check_readme_text(done, counts, label_cfg=label_cfg, dest=dest, command=command)
+    write_atomic(check_readme_path(dest), lambda tmp: tmp.write_text(text))
+    log.info("shipped %d of %d GPAW check labels to %s", len(done), len(drawn), dest)
+    return counts
+
+
+def check_readme_text(frames: Sequence[Atoms], counts: pd.DataFrame, *, label_cfg: LabelConfig, dest: Path,
+                      command: str) -> str:
+    """README (Markdown) of the shipped GPAW labels of the teacher check."""
+    meta = frames[0].info
+    n_drawn, n_done = int(counts["drawn"].sum()), int(counts["labelled"].sum())
+    status = ("all drawn frames are labelled" if n_done == n_drawn else
+              f"**{n_drawn - n_done} drawn frames are not labelled yet**: the check table needs them; the command "
+              "below computes only those")
+    lines = [
+        "# GPAW PBE labels of the teacher check (periodic-table set of the MoE routing study)",
+        "",
+        f"`{dest.name}`: {n_done} of the {n_drawn} frames that `pipeline.data.teacher_check.select_check_frames` "
+        f"draws from `periodic_teacher.extxyz` (seeded; {min(len(f) for f in frames)} to "
+        f"{max(len(f) for f in frames)} atoms, no magnetic element), labelled with GPAW: {status}. Extended XYZ: energy (the force-consistent free energy) "
+        "in eV, forces in eV/A, the structure's `structure_id`, `family` and `sample_index` and the DFT settings in "
+        "each frame's info. **These are DFT labels**; the frames' teacher labels are in `periodic_teacher.extxyz`.",
+        "",
+        f"Settings (`moe_study.periodic.teacher_check`, the `label:` section of `check_label_config`): GPAW "
+        f"{meta.get('dft_version', '?')}, {label_cfg.xc}, spin-paired, mode {label_cfg.mode} "
+        + (f"{label_cfg.ecut_ev:g} eV" if label_cfg.mode == "pw" else f"{label_cfg.basis}, h {label_cfg.h_a:g} A")
+        + f", {label_cfg.kpt_density:g} k-points per A^-1 (Monkhorst-Pack, mesh per frame in `dft_kpts`), "
+        f"Fermi-Dirac {label_cfg.smearing_ev:g} eV, GPAW's standard PAW setups, no stress.",
+        "",
+        "The check's label jobs (`moe_periodic_check_label`) take these labels instead of computing them "
+        "(`python -m pipeline label --reuse`), but only where the geometry and every setting match "
+        "(`pipeline.data.labelling.reuse_mismatch`); other settings relabel from scratch.",
+        "",
+        "## Command",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "## Frames per family",
+        "",
+        counts.to_markdown(index=False, floatfmt=".0f"),
+        "",
+        f"GPAW CPU time: {float(counts['cpu_s'].sum()) / 3600:.2f} h for the labelled frames (one core per frame, "
+        "sum of per-frame wall times).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -146,6 +146,13 @@ def moe_periodic_check_label_config():
     return json.dumps(values, sort_keys=True)
 
 
+def moe_periodic_check_reuse():
+    """``--reuse <shipped GPAW labels>`` of the teacher check's label jobs when the shipped file exists, else ''.
+    A parameter, not an input: shipping more labels does not rerun finished label jobs."""
+    shipped = _shipped_file(CFG.moe_study.periodic.teacher_check.path)
+    return f"--reuse {shlex.quote(shipped)}" if shipped else ""
+
+
 def moe_periodic_labelled():
     """The teacher-labelled periodic-table set: the shipped file (moe_study.periodic.path, a source: no sevenn
     needed) when it exists and use_shipped is true, else the output of the teacher labelling rule."""

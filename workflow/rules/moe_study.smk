@@ -15,7 +15,9 @@
 # (moe_study.periodic.path) instead when it exists and moe_study.periodic.use_shipped: then nothing needs sevenn.
 # Target moe_periodic_ship writes the shipped set and its README (not declared outputs, as for the
 # generalisation set; ship again with --forcerun moe_periodic_ship). Target moe_periodic_check relabels a
-# seeded subset with GPAW PBE (hours of CPU at the defaults) and writes the teacher's error table.
+# seeded subset with GPAW PBE (about 10 CPU-hours at the defaults) and writes the teacher's error table; target
+# moe_periodic_check_ship ships the GPAW labels done so far (moe_study.periodic.teacher_check.path), which the
+# label jobs then take instead of computing them, so the check can be finished over several runs.
 
 MOE_STUDY_DIR = "results/moe_study"
 
@@ -188,6 +190,7 @@ rule moe_periodic_check_label:
     params:
         config=moe_periodic_check_label_config(),
         cache_dir=f"{MOE_STUDY_DIR}/periodic/check/cache",
+        reuse=moe_periodic_check_reuse(),
         calc_log_dir=f"{MOE_STUDY_DIR}/periodic/check/calc_logs/chunk_{{chunk}}",
     log:
         "results/logs/moe_study/periodic_check_label_{chunk}.log",
@@ -202,7 +205,30 @@ rule moe_periodic_check_label:
         "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "
         "python -m pipeline label --config-json {params.config:q} --structures {input.structures} "
         "--output {output.labelled} --failures {output.failures} --cache-dir {params.cache_dir} "
-        "--log-dir {params.calc_log_dir} --no-progress > {log} 2>&1"
+        "--log-dir {params.calc_log_dir} --no-progress {params.reuse} > {log} 2>&1"
+
+
+# The GPAW labels done so far (read from the cache, so also of a stopped check) -> resources/ with a README; the
+# label jobs above take them back (--reuse). Not a declared output, like moe_periodic_ship: ship again with
+#   snakemake moe_periodic_check_ship --forcerun moe_periodic_check_ship --cores 1 --configfile config/moe_study.yaml
+rule moe_periodic_check_ship:
+    input:
+        chunks=rules.moe_periodic_check_sample.output.chunks,
+    output:
+        receipt=f"{MOE_STUDY_DIR}/periodic/check/shipped_families.csv",
+    params:
+        config=stage_config("label", "moe_study"),
+        cache_dir=rules.moe_periodic_check_label.params.cache_dir,
+    log:
+        "results/logs/moe_study/periodic_check_ship.log",
+    benchmark:
+        "results/benchmarks/moe_periodic_check_ship/moe_periodic_check_ship.tsv"
+    threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline moe-periodic-check-ship --config-json {params.config:q} --chunks {input.chunks} "
+        "--cache-dir {params.cache_dir} --receipt {output.receipt} > {log} 2>&1"
 
 
 rule moe_periodic_check_merge:
