@@ -604,7 +604,7 @@ class MoEStudyTeacherCheckConfig:
     ecut_ev: float = 600.0
     basis: str = "dzp"
     h_a: float = 0.2
-    kpt_density: float = 4.5
+    kpt_density: float = 3.0
     smearing_ev: float = 0.1
 
 
@@ -631,6 +631,7 @@ class MoEStudyPeriodicConfig:
     vacuum_a: float = 6.0
     validation_fraction: float = 0.1
     test_fraction: float = 0.2
+    split: str = "structure"
     path: str = "resources/moe_study/periodic_teacher.extxyz"
     use_shipped: bool = True
     teacher_check: MoEStudyTeacherCheckConfig = field(default_factory=MoEStudyTeacherCheckConfig)

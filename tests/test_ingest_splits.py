@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 from ase import Atoms
 
-from pipeline.data.splits import assign_splits, group_of, split_counts
+from pipeline.data.splits import assign_splits, group_of, split_counts, structure_of
 
 GROUPS_PER_FAMILY = {"bulk": 20, "clean_slab": 6, "slab_co": 12, "gas": 2}
 
@@ -83,3 +83,24 @@ def test_group_falls_back_to_the_source_file():
     assert group_of(atoms) == "runs/relax/OUTCAR"
     atoms.info["group"] = 17
     assert group_of(atoms) == "17"
+
+
+def test_structure_unit_splits_the_frames_of_a_group_by_frame_fractions():
+    """``unit=structure_of``: every frame is its own unit (stratified by family, fractions of frames), the groups of
+    the frames are kept in info, and a frame without a structure id is refused."""
+    frames = _frames()
+    for k, atoms in enumerate(frames):
+        atoms.info["structure_id"] = f"s{k:03d}"
+    assignment = assign_splits(frames, seed=0, validation_fraction=0.2, test_fraction=0.2, unit=structure_of)
+    assert set(assignment) == {a.info["structure_id"] for a in frames}
+    bulk = [a for a in frames if a.info["family"] == "bulk"]
+    n_val, n_test = split_counts(len(bulk), 0.2, 0.2)
+    assert [sum(a.info["split"] == s for a in bulk) for s in ("validation", "test")] == [n_val, n_test]
+    spans = defaultdict(set)
+    for atoms in frames:
+        spans[atoms.info["group"]].add(atoms.info["split"])
+    assert any(len(s) > 1 for s in spans.values())  # some group has frames in two splits
+    assert assign_splits(frames, seed=0, validation_fraction=0.2, test_fraction=0.2, unit=structure_of) == assignment
+    del frames[0].info["structure_id"]
+    with pytest.raises(ValueError, match="structure_id"):
+        assign_splits(frames, seed=0, validation_fraction=0.2, test_fraction=0.2, unit=structure_of)

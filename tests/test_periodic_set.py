@@ -153,3 +153,32 @@ def test_the_routing_pca_groups_the_periodic_set_by_periodic_table_family():
     vectors = np.array([[0, 0], [0, 0.1], [5, 5], [5, 5.1], [10, 0], [10, 0.1]], dtype=float)
     stats = group_separation(species, vectors, element_groups("periodic"))
     assert stats["nn_purity"] == 1.0 and stats["within_between_ratio"] < 0.1
+
+
+def test_dataset_split_by_group_or_by_structure(tmp_path):
+    """``split: group`` keeps every group in one split; ``split: structure`` splits the frames of a group
+    independently (fractions of frames per family); every frame records which."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from pipeline.data.periodic_ship import periodic_dataset
+
+    sizes = dict(n_bulk=20, n_alloys=10, n_compounds=120, n_surfaces=10)  # several frames per compound group
+    frames = sample_periodic(MoEStudyPeriodicConfig(**sizes))
+    for atoms in frames:
+        atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((len(atoms), 3)))
+        atoms.info.update(label_level="teacher", is_dft=False)
+    write(tmp_path / "labelled.extxyz", frames)
+    spans = {}
+    for split in ("group", "structure"):
+        cfg = MoEStudyPeriodicConfig(**sizes, split=split)
+        out = periodic_dataset(cfg, tmp_path / "labelled.extxyz", tmp_path / f"{split}.extxyz")
+        assert {f.info["split_unit"] for f in out} == {split}
+        groups = {}
+        for atoms in out:
+            groups.setdefault(atoms.info["group"], set()).add(atoms.info["split"])
+        spans[split] = max(len(s) for s in groups.values())
+        if split == "structure":
+            compounds = [f for f in out if f.info["family"] == "compound"]
+            assert sum(f.info["split"] == "test" for f in compounds) == round(0.2 * len(compounds))
+    assert spans["group"] == 1 and spans["structure"] > 1

@@ -27,7 +27,7 @@ from pipeline.atomic import write_atomic
 from pipeline.config import MoEStudyPeriodicConfig
 from pipeline.data.periodic_lattice import COMPOUNDS
 from pipeline.data.periodic_set import ELEMENT_FAMILIES, FAMILIES
-from pipeline.data.splits import assign_splits
+from pipeline.data.splits import assign_splits, group_of, structure_of
 from pipeline.data.teacher import TEACHER_LICENCE, TEACHER_MODEL
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ def periodic_dataset(cfg: MoEStudyPeriodicConfig, labelled: str | Path, output: 
     check_teacher_frames(frames, str(labelled))
     for atoms in frames:
         atoms.arrays["region"] = np.array(["bulk"] * len(atoms))
-    assign_splits(frames, seed=cfg.seed, validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction)
+    unit = {"group": group_of, "structure": structure_of}[cfg.split]
+    assign_splits(frames, seed=cfg.seed, validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction,
+                  unit=unit)
+    for atoms in frames:
+        atoms.info["split_unit"] = cfg.split
     write_atomic(output, lambda tmp: write(tmp, frames, format="extxyz"))
     log.info("periodic dataset: %d frames -> %s", len(frames), output)
     return frames

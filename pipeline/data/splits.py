@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -97,11 +97,11 @@ def _family_seed(seed: int, family: str) -> list[int]:
     return [int(seed), int.from_bytes(digest[:8], "little")]
 
 
-def group_families(frames: Sequence[Atoms]) -> dict[str, str]:
-    """Family of every group: the most common ``info['family']`` among its frames."""
+def group_families(frames: Sequence[Atoms], unit: Callable[[Atoms], str] = group_of) -> dict[str, str]:
+    """Family of every group (``unit`` of a frame): the most common ``info['family']`` among its frames."""
     votes: dict[str, Counter] = defaultdict(Counter)
     for atoms in frames:
-        votes[group_of(atoms)][atoms.info["family"]] += 1
+        votes[unit(atoms)][atoms.info["family"]] += 1
     rank = {f: k for k, f in enumerate(FAMILIES)}
     return {
         group: min(counter, key=lambda f: (-counter[f], rank.get(f, len(rank)), f))
@@ -116,6 +116,7 @@ def assign_splits(
     validation_fraction: float,
     test_fraction: float,
     hold_out_eos: bool = False,
+    unit: Callable[[Atoms], str] = group_of,
 ) -> dict[str, str]:
     """Assign every group to a split and write ``info['split']`` (and ``info['group']``) on each frame.
 
@@ -127,16 +128,19 @@ def assign_splits(
         The configuration's seed: the same seed and groups give the same split.
     validation_fraction, test_fraction : float
         Fractions of each family's groups in validation and test.
+    unit : callable, optional
+        What is kept in one split: the frame's group (default, :func:`group_of`), or e.g. its own structure id
+        (:func:`structure_of`), which splits the frames of a group independently.
 
     Returns
     -------
     dict
-        ``{group: split}`` for every group.
+        ``{unit: split}`` for every unit.
     """
     assignment: dict[str, str] = {}
     if hold_out_eos:
-        assignment.update({group_of(a): "eos" for a in frames if is_eos_frame(a)})
-    families = group_families([a for a in frames if group_of(a) not in assignment])
+        assignment.update({unit(a): "eos" for a in frames if is_eos_frame(a)})
+    families = group_families([a for a in frames if unit(a) not in assignment], unit)
     by_family: dict[str, list[str]] = defaultdict(list)
     for group, family in families.items():
         by_family[family].append(group)
@@ -148,10 +152,20 @@ def assign_splits(
             split = "validation" if rank < n_val else "test" if rank < n_val + n_test else "train"
             assignment[groups[k]] = split
     for atoms in frames:
-        group = group_of(atoms)
-        atoms.info["group"] = group
-        atoms.info["split"] = assignment[group]
+        atoms.info["group"] = group_of(atoms)
+        atoms.info["split"] = assignment[unit(atoms)]
     return assignment
+
+
+def structure_of(atoms: Atoms) -> str:
+    """A frame's own ``info['structure_id']``: the unit of a split that separates the frames of one group.
+
+    Raises ``ValueError`` when the frame has none.
+    """
+    sid = atoms.info.get("structure_id")
+    if sid is None or str(sid) == "":
+        raise ValueError(f"frame (sample_index {atoms.info.get('sample_index')}) has no info['structure_id']")
+    return str(sid)
 
 
 def training_subset(frames: Sequence[Atoms], fraction: float, *, seed: int) -> list[Atoms]:
