@@ -57,7 +57,7 @@ def test_gpaw_settings_come_from_the_teacher_check_section():
     assert (label.calculator, label.mode, label.ecut_ev, label.kpt_density, label.smearing_ev, label.stress) == (
         "gpaw", "pw", 250.0, 2.0, 0.1, False)
     default = check_label_config(config_from_dict({}))
-    assert (default.ecut_ev, default.kpt_density, default.smearing_ev) == (600.0, 4.5, 0.1)
+    assert (default.ecut_ev, default.kpt_density, default.smearing_ev) == (600.0, 3.0, 0.1)
 
 
 def test_a_constant_per_element_is_removed_exactly(frames):

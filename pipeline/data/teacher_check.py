@@ -3,9 +3,10 @@
 :func:`select_check_frames` draws ``moe_study.periodic.teacher_check.n_frames`` frames of at most ``max_atoms``
 atoms, from every structure family in proportion to its size (seeded by ``moe_study.periodic.seed``); no frame
 holds a magnetic element (the GPAW run is spin-paired). :func:`check_label_config` is the ``label:`` section with
-the check's GPAW settings (by default plane waves at 600 eV, 4.5 k-points per A^-1 and Fermi-Dirac 0.1 eV, the
-settings the label-convergence study found converged for Pt/CO); the ordinary ``label`` command labels the subset
-with it, cached per frame, so a killed run resumes.
+the check's GPAW settings (by default plane waves at 600 eV and Fermi-Dirac 0.1 eV, the settings the
+label-convergence study found converged for Pt/CO, and 3.0 k-points per A^-1, 10.7 meV/A force RMS from 4.5 on a
+rattled Pt8 cell at a third of the cost: ``pipeline/config.schema.yaml``); the ordinary ``label`` command labels
+the subset with it, cached per frame, so a killed run resumes.
 
 :func:`check_tables` compares teacher and GPAW frame by frame (matched by ``structure_id``):
 
@@ -109,7 +110,8 @@ def check_readme_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}_README.md")
 
 
-def ship_check_labels(chunks: Sequence[str | Path], cfg: Config, cache_dir: str | Path, *, command: str) -> pd.DataFrame:
+def ship_check_labels(chunks: Sequence[str | Path], cfg: Config, cache_dir: str | Path, *,
+                      command: str) -> pd.DataFrame:
     """Write the GPAW labels of the check frames that the label cache holds to
     ``moe_study.periodic.teacher_check.path`` with a README beside it; returns the frames per family (drawn, done).
 
@@ -149,7 +151,8 @@ def check_readme_text(frames: Sequence[Atoms], counts: pd.DataFrame, *, label_cf
         "",
         f"`{dest.name}`: {n_done} of the {n_drawn} frames that `pipeline.data.teacher_check.select_check_frames` "
         f"draws from `periodic_teacher.extxyz` (seeded; {min(len(f) for f in frames)} to "
-        f"{max(len(f) for f in frames)} atoms, no magnetic element), labelled with GPAW: {status}. Extended XYZ: energy (the force-consistent free energy) "
+        f"{max(len(f) for f in frames)} atoms, no magnetic element), labelled with GPAW: {status}. Extended XYZ: "
+        "energy (the force-consistent free energy) "
         "in eV, forces in eV/A, the structure's `structure_id`, `family` and `sample_index` and the DFT settings in "
         "each frame's info. **These are DFT labels**; the frames' teacher labels are in `periodic_teacher.extxyz`.",
         "",
