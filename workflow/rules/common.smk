@@ -172,11 +172,13 @@ def moe_study_dataset(wildcards):
 
 def moe_study_train_config():
     """The config of one study run: the top-level scalars, models, train and moe_study without the keys that only
-    choose runs or shape the report (enabled, datasets, variants, seeds, routing_analysis, hf_expert; the CLI fills
-    their defaults), so adding a seed or a variant reruns nothing that is done."""
+    choose runs or shape the report (enabled, datasets, variants, seeds, routing_analysis, hf_expert, and the
+    teacher check's settings; the CLI fills their defaults), so adding a seed or a variant, or changing the check,
+    reruns nothing that is done."""
     values = json.loads(stage_config("models", "train", "moe_study"))
     for key in ("enabled", "datasets", "variants", "seeds", "routing_analysis", "hf_expert"):
         values["moe_study"].pop(key)
+    values["moe_study"]["periodic"].pop("teacher_check")  # the DFT check's settings do not shape a run
     return json.dumps(values, sort_keys=True)
 
 
