@@ -154,6 +154,7 @@ def test_two_variants_and_two_seeds_train_and_the_report_is_written(emt_set, tmp
     assert mean == pytest.approx(moe[moe["seed"].isin(["0", "1"])]["force_mae_mev_a"].mean(), rel=1e-5)
     text = out["md"].read_text()
     assert "not DFT" in text and "## Claims" in text and "test frames" in text and "unstable` = 1" in text
+    assert all(s["split_unit"] == "group" for s in loaded) and "split by group" in text  # the EMT set's splits
     routing = pd.read_csv(out["routing.csv"])
     assert set(routing["label"]) == {"family", "group", "period"} and list(routing["seed"].unique()) == [0, 1]
     assert all(p.stat().st_size > 0 for p in figures.values())

@@ -2,7 +2,8 @@
 
 :func:`periodic_dataset` checks that every frame is teacher-labelled (``label_level == 'teacher'``, never DFT),
 marks every atom ``bulk`` (the study trains one model, not an HF/LF pair) and assigns train/validation/test
-splits by ``info['group']`` within each family (:func:`pipeline.data.splits.assign_splits`).
+splits within each family (:func:`pipeline.data.splits.assign_splits`), by ``info['group']`` or frame by frame
+(``moe_study.periodic.split``; ``info['split_unit']`` records which).
 
 :func:`ship_periodic` copies the labelled frames to ``moe_study.periodic.path`` (e.g.
 ``resources/moe_study/periodic_teacher.extxyz``) and writes ``README.md`` beside it: how the set was made, the

@@ -498,8 +498,15 @@ def _split_lines(summaries: Sequence[dict]) -> list[str]:
     out = []
     for dataset in dict.fromkeys(s["dataset"] for s in summaries):
         first = next(s for s in summaries if s["dataset"] == dataset)
+        units = {s.get("split_unit", "not recorded") for s in summaries if s["dataset"] == dataset}
+        unit = units.pop() if len(units) == 1 else "differs between runs"
+        what = {"group": "every structure group (lattice, compound prototype, facet) in one split: held-out frames "
+                         "are structures the training never saw",
+                "structure": "every frame split on its own: held-out frames are other perturbations of lattices "
+                             "and compounds the training saw"}.get(unit, unit)
         out.append(f"- `{dataset}` ({first['labels']}): {first['n_train']} training, {first['n_validation']} "
-                   f"validation and **{first['n_test']} test frames** (the dataset's `test` split; errors are on it).")
+                   f"validation and **{first['n_test']} test frames** (the dataset's `test` split; errors are on it); "
+                   f"split by {unit} ({what}).")
     return out
 
 

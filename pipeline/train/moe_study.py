@@ -328,6 +328,8 @@ def train_variant(
         "width": dataclasses.asdict(width) if width is not None else None,
         "test_energy_mae_mev_atom": errors.energy_mae_mev_atom, "test_force_mae_mev_a": errors.force_mae_mev_a,
         "n_train": len(train), "n_validation": len(validation), "n_test": len(test),
+        # what one split keeps together (pipeline.data.periodic_ship; the ingest stage's splits are by group)
+        "split_unit": str(splits["test"][0].info.get("split_unit", "group")),
         "epochs": len(rows), "best_epoch": result.best_epoch, "status": result.status,
         "loss_spikes": spikes, "nonfinite_grads": nonfinite,
         "path_jump_mev": path.max_jump_mev, "path_force_error_mev_a": path.max_force_error_mev_a,
