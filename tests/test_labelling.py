@@ -50,6 +50,19 @@ def _strip(info: dict) -> dict:
     return {k: v for k, v in info.items() if k != "label_wall_s"}
 
 
+def _count_computations(monkeypatch) -> list[str]:
+    """Record the structure id of every label that is computed (not taken from the cache) from now on."""
+    calls: list[str] = []
+    real = labelling.compute_labels
+
+    def counting(atoms, *args, **kwargs):
+        calls.append(atoms.info["structure_id"])
+        return real(atoms, *args, **kwargs)
+
+    monkeypatch.setattr(labelling, "compute_labels", counting)
+    return calls
+
+
 def _assert_same_frames(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):
@@ -82,14 +95,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, cfg, structures, monkeyp
     # "killed" run: only the first half got labelled into the cache
     half = len(structures) // 2
     label_structures(structures[:half], cfg, cache_dir=tmp_path / "b", log_dir=tmp_path / "lb", progress=False)
-    calls = []
-    real = labelling.compute_labels
-
-    def counting(atoms, *args, **kwargs):
-        calls.append(atoms.info["structure_id"])
-        return real(atoms, *args, **kwargs)
-
-    monkeypatch.setattr(labelling, "compute_labels", counting)
+    calls = _count_computations(monkeypatch)
     resumed = label_structures(structures, cfg, cache_dir=tmp_path / "b", log_dir=tmp_path / "lb", progress=False)
     assert calls == [s.info["structure_id"] for s in structures[half:]]  # cached ones skipped
     _assert_same_frames(full.frames, resumed.frames)
@@ -228,14 +234,7 @@ def test_earlier_labels_are_taken_only_for_the_same_geometry_and_settings(tmp_pa
     no_forces = earlier[0].copy()
     assert labelling.reuse_mismatch(structures[0], no_forces, cfg.label) == "no energy or forces"
 
-    calls = []
-    real = labelling.compute_labels
-
-    def counting(atoms, *args, **kwargs):
-        calls.append(atoms.info["structure_id"])
-        return real(atoms, *args, **kwargs)
-
-    monkeypatch.setattr(labelling, "compute_labels", counting)
+    calls = _count_computations(monkeypatch)
     assert labelling.seed_cache(moved, cfg.label, earlier, tmp_path / "b") == len(structures) - 1
     again = label_structures(moved, cfg, cache_dir=tmp_path / "b", log_dir=tmp_path / "lb", progress=False)
     assert calls == [moved[1].info["structure_id"]]
