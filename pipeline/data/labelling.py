@@ -389,6 +389,7 @@ def seed_cache(frames: Sequence[Atoms], cfg: LabelConfig, earlier: Sequence[Atom
     and the reason, and that structure is computed; what the cache already holds is never overwritten.
     """
     by_id = {str(f.info.get("structure_id")): f for f in earlier}
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
     taken = 0
     for atoms in frames:
         sid = str(atoms.info.get("structure_id"))
@@ -402,7 +403,6 @@ def seed_cache(frames: Sequence[Atoms], cfg: LabelConfig, earlier: Sequence[Atom
             log.warning("earlier label of %s not reused (%s): computing it", sid, reason)
             continue
         frame = by_id[sid]
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
         write_atomic(done, lambda tmp, frame=frame: write(tmp, frame, format="extxyz"))
         taken += 1
     return taken

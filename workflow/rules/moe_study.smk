@@ -15,7 +15,7 @@
 # (moe_study.periodic.path) instead when it exists and moe_study.periodic.use_shipped: then nothing needs sevenn.
 # Target moe_periodic_ship writes the shipped set and its README (not declared outputs, as for the
 # generalisation set; ship again with --forcerun moe_periodic_ship). Target moe_periodic_check relabels a
-# seeded subset with GPAW PBE (about 10 CPU-hours at the defaults) and writes the teacher's error table; target
+# seeded subset with GPAW PBE (about 5 CPU-hours at the defaults) and writes the teacher's error table; target
 # moe_periodic_check_ship ships the GPAW labels done so far (moe_study.periodic.teacher_check.path), which the
 # label jobs then take instead of computing them, so the check can be finished over several runs.
 
