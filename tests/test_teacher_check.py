@@ -20,6 +20,8 @@ from pipeline.data.teacher_check import (
     align_energies,
     check_label_config,
     check_tables,
+    leave_one_out_residual,
+    same_composition_pairs,
     select_check_frames,
     unlabelled,
 )
@@ -83,6 +85,8 @@ def test_a_constant_per_element_is_removed_exactly(frames):
     assert np.allclose(table["force_mae_mev_a"], 10.0) and np.allclose(table["force_rms_mev_a"], 10.0)
     energy = table["energy_mae_mev_atom"].dropna()
     assert len(energy) >= 2 and np.allclose(energy, 0.0, atol=1e-6)
+    for column in ("energy_loo_mae_mev_atom", "pair_energy_mae_mev_atom"):  # no error to find, wherever defined
+        assert np.allclose(table[column].dropna(), 0.0, atol=1e-6)
     assert set(table["grouping"]) == {"element family", "structure family", "all"}
     assert int(table.loc[table["grouping"] == "all", "frames"].iloc[0]) == len(picked)
 
@@ -94,6 +98,22 @@ def test_alignment_leaves_a_residual_that_is_not_a_per_element_constant():
     assert np.abs(residual).max() > 0.01
     mu_exact, residual_exact = align_energies(counts, counts @ np.array([1.0, -2.0]))
     assert np.allclose(mu_exact, [1.0, -2.0]) and np.allclose(residual_exact, 0.0)
+
+
+def test_errors_the_fit_absorbs_show_in_leave_one_out_and_same_composition_pairs():
+    """Frame 3 (the only one with element 2) has a 0.3 eV/atom error that its own constant absorbs in the fit; frames
+    0 and 1 (one composition) differ by 0.1 eV/atom of error. The in-sample residual hides the first, the pair
+    error finds the second, and leave-one-out cannot predict frame 3 at all (NaN) instead of calling it exact."""
+    counts = np.array([[4.0, 0.0, 0.0], [4.0, 0.0, 0.0], [2.0, 2.0, 0.0], [0.0, 2.0, 2.0], [0.0, 4.0, 0.0]])
+    error = np.array([0.05, -0.05, 0.0, 0.3, 0.0]) * counts.sum(axis=1)  # eV per frame
+    delta = counts @ np.array([1.0, -2.0, 0.5]) + error
+    _, residual = align_energies(counts, delta)
+    assert abs(residual[3]) < 1e-9
+    loo = leave_one_out_residual(counts, delta)
+    assert np.isnan(loo[3]) and np.isfinite(loo[[0, 1, 2, 4]]).all()
+    assert abs(loo[0]) > abs(residual[0]) == pytest.approx(0.05) and np.allclose(loo[[2, 4]], 0.0, atol=1e-9)
+    assert [(i, j) for i, j, _ in same_composition_pairs(counts, delta)] == [(0, 1)]
+    assert same_composition_pairs(counts, delta)[0][2] == pytest.approx(0.1)
 
 
 def test_unlabelled_drops_teacher_provenance(frames):

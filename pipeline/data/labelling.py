@@ -480,7 +480,8 @@ def label_file(
         except Exception as exc:
             raise ValueError(f"cannot read earlier labels from {path}: {exc}") from exc
         taken = seed_cache(frames, cfg.label, earlier, cache_dir)
-        log.info("%s: %d of %d structures taken from %s", structures, taken, len(frames), path)
+        log.info("%s: %d of %d structures taken from %s (labels the cache already held are not counted)",
+                 structures, taken, len(frames), path)
     result = label_structures(frames, cfg, cache_dir=cache_dir, log_dir=log_dir, progress=progress)
     _write_outputs(result.frames, result.failures, Path(output), Path(failures_csv))
     log.info("%s: %d labelled, %d failed", structures, len(result.frames), len(result.failures))

@@ -17,7 +17,10 @@ the subset with it, cached per frame, so a killed run resumes.
   least-squares fit of ``E_teacher - E_gpaw ~ sum_el n_el mu_el`` (weighted per atom), whose residual per atom is
   the energy error (meV/atom; MAE per structure family and overall). The alignment removes a per-element
   constant and nothing else; with few frames per element it also absorbs part of the error, so the table gives
-  the number of fitted constants and the degrees of freedom left.
+  the number of fitted constants and the degrees of freedom left, and two measures that the fit cannot flatter:
+  the leave-one-out residual (:func:`leave_one_out_residual`: each frame predicted by constants fitted to the
+  others, where they determine its composition's offset) and the error of energy differences between frames of
+  the same composition (:func:`same_composition_pairs`, free of any reference).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from pipeline.data.periodic_ship import read_frames
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("grouping", "group", "frames", "atoms", "force_mae_mev_a", "force_rms_mev_a", "energy_mae_mev_atom")
+TABLE_COLUMNS = ("grouping", "group", "frames", "atoms", "force_mae_mev_a", "force_rms_mev_a", "energy_mae_mev_atom",
+                 "energy_loo_mae_mev_atom", "loo_frames", "pair_energy_mae_mev_atom", "pairs")
 _PROVENANCE_PREFIXES = ("label_", "dft_")
 
 
@@ -209,6 +213,46 @@ def align_energies(counts: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, n
     return mu, (delta - counts @ mu) / n_atoms
 
 
+def leave_one_out_residual(counts: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Per-atom energy error of each frame predicted by the constants fitted (:func:`align_energies`) to all the
+    other frames (eV/atom, shape ``(n_frames,)``); NaN where the other frames do not determine the offset of this
+    frame's composition (its row of ``counts`` is not in the span of theirs, e.g. an element no other frame has).
+
+    >>> counts = np.array([[2.0, 0.0], [4.0, 0.0], [1.0, 1.0]])
+    >>> loo = leave_one_out_residual(counts, counts @ np.array([0.5, -1.0]) + np.array([0.0, 0.4, 0.0]))
+    >>> np.round(loo, 6).tolist()[:2], bool(np.isnan(loo[2]))
+    ([-0.1, 0.1], True)
+    """
+    n_atoms = counts.sum(axis=1)
+    out = np.full(len(delta), np.nan)
+    for f in range(len(delta)):
+        rest = np.arange(len(delta)) != f
+        if not rest.any():
+            continue
+        rank = np.linalg.matrix_rank(counts[rest])
+        if np.linalg.matrix_rank(np.vstack([counts[rest], counts[f]])) > rank:
+            continue
+        mu, _ = align_energies(counts[rest], delta[rest])
+        out[f] = (delta[f] - counts[f] @ mu) / n_atoms[f]
+    return out
+
+
+def same_composition_pairs(counts: np.ndarray, delta: np.ndarray) -> list[tuple[int, int, float]]:
+    """Every pair ``(i, j, error)`` of frames with the same composition and the error of their energy difference,
+    ``((E_t,i - E_t,j) - (E_g,i - E_g,j)) / n`` (eV/atom), which no reference energy enters.
+
+    >>> pairs = same_composition_pairs(np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]), np.array([1.0, 5.0, 0.6]))
+    >>> [(i, j, round(error, 6)) for i, j, error in pairs]
+    [(0, 2, 0.2)]
+    """
+    pairs = []
+    for i in range(len(delta)):
+        for j in range(i + 1, len(delta)):
+            if np.array_equal(counts[i], counts[j]):
+                pairs.append((i, j, float((delta[i] - delta[j]) / counts[i].sum())))
+    return pairs
+
+
 def _force_rows(errors: np.ndarray, labels: np.ndarray, grouping: str, order: Sequence[str] = ()) -> list[dict]:
     rows = []
     for group in sorted(dict.fromkeys(labels), key=lambda g: list(order).index(g) if g in order else len(order)):
@@ -238,6 +282,8 @@ def check_tables(teacher: Sequence[Atoms], dft: Sequence[Atoms]) -> tuple[pd.Dat
     elements, counts = composition_matrix(ref)
     delta = np.array([t.get_potential_energy() - d.get_potential_energy() for t, d in pairs])
     mu, residual = align_energies(counts, delta)
+    loo = leave_one_out_residual(counts, delta)
+    same = same_composition_pairs(counts, delta)
     errors = np.concatenate([t.get_forces() - d.get_forces() for t, d in pairs])  # [atoms, 3] eV/A
     symbols = np.concatenate([t.get_chemical_symbols() for t in ref])
     atom_family = np.concatenate([[t.info["family"]] * len(t) for t in ref])
@@ -251,6 +297,12 @@ def check_tables(teacher: Sequence[Atoms], dft: Sequence[Atoms]) -> tuple[pd.Dat
         mask = frame_family == row["group"] if row["group"] != "all" else np.ones(len(ref), bool)
         row["frames"] = int(mask.sum())
         row["energy_mae_mev_atom"] = 1000 * float(np.abs(residual[mask]).mean())
+        known = mask & np.isfinite(loo)
+        row["loo_frames"] = int(known.sum())
+        row["energy_loo_mae_mev_atom"] = 1000 * float(np.abs(loo[known]).mean()) if known.any() else np.nan
+        own = [abs(e) for i, _, e in same if mask[i]]
+        row["pairs"] = len(own)
+        row["pair_energy_mae_mev_atom"] = 1000 * float(np.mean(own)) if own else np.nan
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=list(TABLE_COLUMNS))
     constants = pd.DataFrame({"element": elements, "mu_ev": mu, "frames": (counts > 0).sum(axis=0)})
@@ -286,6 +338,11 @@ def write_check(teacher: str | Path, dft: str | Path, failures: str | Path, *, c
         f"residual per atom (meV/atom). {len(constants)} constants ({rank} independent) were fitted to {n_pairs} "
         f"frames ({dof} degrees of freedom left"
         + ("; too few: the residual understates the error)." if dof < rank else ")."),
+        "Two energy errors the fit cannot flatter: `energy_loo_mae_mev_atom`, each frame predicted by the constants "
+        "fitted to the other frames (over the `loo_frames` frames whose composition the others determine), and "
+        "`pair_energy_mae_mev_atom`, the error of the energy difference per atom between two frames of the same "
+        "composition (strained, rattled or other EOS points of one structure; `pairs` such pairs), which no "
+        "reference energy enters.",
         "",
         constants.to_markdown(index=False, floatfmt=".4f"),
         "",
