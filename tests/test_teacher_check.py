@@ -20,6 +20,7 @@ from pipeline.data.teacher_check import (
     align_energies,
     check_label_config,
     check_tables,
+    force_slope,
     leave_one_out_residual,
     same_composition_pairs,
     select_check_frames,
@@ -114,6 +115,14 @@ def test_errors_the_fit_absorbs_show_in_leave_one_out_and_same_composition_pairs
     assert abs(loo[0]) > abs(residual[0]) == pytest.approx(0.05) and np.allclose(loo[[2, 4]], 0.0, atol=1e-9)
     assert [(i, j) for i, j, _ in same_composition_pairs(counts, delta)] == [(0, 1)]
     assert same_composition_pairs(counts, delta)[0][2] == pytest.approx(0.1)
+
+
+def test_force_slope_measures_a_softer_teacher_and_ignores_symmetric_frames():
+    dft = np.random.default_rng(1).normal(size=(16, 3))
+    assert force_slope(0.7 * dft, dft) == pytest.approx(0.7)
+    assert force_slope(0.7 * dft + 0.01 * np.random.default_rng(2).normal(size=dft.shape), dft) == pytest.approx(
+        0.7, abs=0.01)
+    assert np.isnan(force_slope(np.zeros((4, 3)), np.full((4, 3), 1e-4)))
 
 
 def test_unlabelled_drops_teacher_provenance(frames):

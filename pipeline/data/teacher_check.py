@@ -11,7 +11,8 @@ the subset with it, cached per frame, so a killed run resumes.
 :func:`check_tables` compares teacher and GPAW frame by frame (matched by ``structure_id``):
 
 - forces: MAE and RMS over force components (meV/A), per periodic-table family of the atom's element, per
-  structure family and over all atoms;
+  structure family and over all atoms, beside the size of the DFT forces and the slope of teacher on DFT forces
+  (:func:`force_slope`; universal potentials are known to be softer than their DFT, slope below 1);
 - energies: SevenNet-0 was trained on Materials Project's PBE(+U) with its own energy references and GPAW's PAW
   setups have theirs, so total energies differ by a constant per element. :func:`align_energies` removes it: a
   least-squares fit of ``E_teacher - E_gpaw ~ sum_el n_el mu_el`` (weighted per atom), whose residual per atom is
@@ -43,9 +44,11 @@ from pipeline.data.periodic_ship import read_frames
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("grouping", "group", "frames", "atoms", "force_mae_mev_a", "force_rms_mev_a", "energy_mae_mev_atom",
+TABLE_COLUMNS = ("grouping", "group", "frames", "atoms", "force_mae_mev_a", "force_rms_mev_a", "dft_force_rms_mev_a",
+                 "force_slope", "energy_mae_mev_atom",
                  "energy_loo_mae_mev_atom", "loo_frames", "pair_energy_mae_mev_atom", "pairs")
 _PROVENANCE_PREFIXES = ("label_", "dft_")
+SLOPE_MIN_FORCE_EV_A = 0.01  # eV/A: DFT forces smaller than this (RMS) give no force slope
 
 
 def check_label_config(cfg: Config) -> LabelConfig:
@@ -253,13 +256,30 @@ def same_composition_pairs(counts: np.ndarray, delta: np.ndarray) -> list[tuple[
     return pairs
 
 
-def _force_rows(errors: np.ndarray, labels: np.ndarray, grouping: str, order: Sequence[str] = ()) -> list[dict]:
+def force_slope(teacher: np.ndarray, dft: np.ndarray) -> float:
+    """Least-squares slope through the origin of teacher on DFT force components, ``sum(F_t F_d) / sum(F_d^2)``:
+    below 1 the teacher's potential energy surface is softer than DFT's. NaN when the DFT forces' RMS is under
+    :data:`SLOPE_MIN_FORCE_EV_A` (symmetric positions, where both are zero up to numerical noise).
+
+    >>> round(force_slope(np.array([[0.5, -1.0, 0.0]]), np.array([[1.0, -2.0, 0.0]])), 6)
+    0.5
+    """
+    norm = float((dft**2).sum())
+    if dft.size == 0 or np.sqrt(norm / dft.size) < SLOPE_MIN_FORCE_EV_A:
+        return np.nan
+    return float((teacher * dft).sum()) / norm
+
+
+def _force_rows(teacher: np.ndarray, dft: np.ndarray, labels: np.ndarray, grouping: str,
+                order: Sequence[str] = ()) -> list[dict]:
     rows = []
     for group in sorted(dict.fromkeys(labels), key=lambda g: list(order).index(g) if g in order else len(order)):
-        e = errors[labels == group]  # [atoms, 3] eV/A
-        rows.append({"grouping": grouping, "group": group, "atoms": len(e),
-                     "force_mae_mev_a": 1000 * float(np.abs(e).mean()),
-                     "force_rms_mev_a": 1000 * float(np.sqrt((e**2).mean()))})
+        t, d = teacher[labels == group], dft[labels == group]  # [atoms, 3] eV/A
+        rows.append({"grouping": grouping, "group": group, "atoms": len(t),
+                     "force_mae_mev_a": 1000 * float(np.abs(t - d).mean()),
+                     "force_rms_mev_a": 1000 * float(np.sqrt(((t - d) ** 2).mean())),
+                     "dft_force_rms_mev_a": 1000 * float(np.sqrt((d**2).mean())),
+                     "force_slope": force_slope(t, d)})
     return rows
 
 
@@ -284,16 +304,21 @@ def check_tables(teacher: Sequence[Atoms], dft: Sequence[Atoms]) -> tuple[pd.Dat
     mu, residual = align_energies(counts, delta)
     loo = leave_one_out_residual(counts, delta)
     same = same_composition_pairs(counts, delta)
-    errors = np.concatenate([t.get_forces() - d.get_forces() for t, d in pairs])  # [atoms, 3] eV/A
+    for t, d in pairs:
+        if len(t) != len(d) or not np.array_equal(t.numbers, d.numbers) or np.abs(t.positions - d.positions).max() > 1e-6:
+            raise ValueError(f"{d.info['structure_id']}: the GPAW frame's atoms or positions differ from the teacher's")
+    f_teacher = np.concatenate([t.get_forces() for t, _ in pairs])  # [atoms, 3] eV/A
+    f_dft = np.concatenate([d.get_forces() for _, d in pairs])
     symbols = np.concatenate([t.get_chemical_symbols() for t in ref])
     atom_family = np.concatenate([[t.info["family"]] * len(t) for t in ref])
     frame_family = np.array([t.info["family"] for t in ref])
     element_family = np.array([ELEMENT_FAMILIES.get(s, "?") for s in symbols])
-    rows = _force_rows(errors, element_family, "element family", list(dict.fromkeys(ELEMENT_FAMILIES.values())))
+    rows = _force_rows(f_teacher, f_dft, element_family, "element family", list(dict.fromkeys(ELEMENT_FAMILIES.values())))
     for row in rows:
         row["frames"] = sum(any(ELEMENT_FAMILIES.get(s) == row["group"] for s in t.get_chemical_symbols()) for t in ref)
-    every = np.array(["all"] * len(errors))
-    for row in _force_rows(errors, atom_family, "structure family", FAMILIES) + _force_rows(errors, every, "all"):
+    every = np.array(["all"] * len(f_dft))
+    for row in (_force_rows(f_teacher, f_dft, atom_family, "structure family", FAMILIES)
+                + _force_rows(f_teacher, f_dft, every, "all")):
         mask = frame_family == row["group"] if row["group"] != "all" else np.ones(len(ref), bool)
         row["frames"] = int(mask.sum())
         row["energy_mae_mev_atom"] = 1000 * float(np.abs(residual[mask]).mean())
@@ -331,7 +356,10 @@ def write_check(teacher: str | Path, dft: str | Path, failures: str | Path, *, c
         "",
         "Forces: MAE and RMS over Cartesian components of teacher minus GPAW (meV/A), grouped by the periodic-table "
         "family of each atom's element (frames: frames with an atom of that family), by structure family, and "
-        "over all atoms.",
+        "over all atoms; `dft_force_rms_mev_a` is the size of the GPAW forces, `force_slope` the least-squares "
+        "slope through the origin of teacher on GPAW force components (below 1: the teacher's energy surface is "
+        "softer than DFT's). Frames at a lattice's symmetric positions (EOS points, pure strain) have zero forces "
+        "by symmetry in both, and lower the MAE of their groups.",
         "",
         "Energies: the alignment removes a per-element constant (a reference energy per element, fitted by least "
         "squares to the per-atom energy difference teacher - GPAW) and nothing else; the energy MAE is that of the "
@@ -341,8 +369,8 @@ def write_check(teacher: str | Path, dft: str | Path, failures: str | Path, *, c
         "Two energy errors the fit cannot flatter: `energy_loo_mae_mev_atom`, each frame predicted by the constants "
         "fitted to the other frames (over the `loo_frames` frames whose composition the others determine), and "
         "`pair_energy_mae_mev_atom`, the error of the energy difference per atom between two frames of the same "
-        "composition (strained, rattled or other EOS points of one structure; `pairs` such pairs), which no "
-        "reference energy enters.",
+        "composition (other lattices, strains, rattles or EOS points; `pairs` such pairs), which no reference "
+        "energy enters.",
         "",
         constants.to_markdown(index=False, floatfmt=".4f"),
         "",
