@@ -25,6 +25,7 @@ from pipeline.data.teacher_check import (
     same_composition_pairs,
     select_check_frames,
     unlabelled,
+    write_check_subset,
 )
 
 SMALL = MoEStudyPeriodicConfig(n_bulk=20, n_alloys=20, n_compounds=20, n_surfaces=10,
@@ -52,6 +53,18 @@ def test_subset_is_seeded_small_proportional_and_spin_paired(frames):
     assert [f.info["structure_id"] for f in picked] == [f.info["structure_id"] for f in again]
     with pytest.raises(ValueError, match="n_frames"):
         select_check_frames(frames, MoEStudyPeriodicConfig(teacher_check=MoEStudyTeacherCheckConfig(n_frames=10_000)))
+
+
+def test_label_chunks_spread_every_family_so_a_stopped_check_covers_all(frames, tmp_path):
+    write(tmp_path / "labelled.extxyz", frames)
+    chunks = [tmp_path / "chunk_0.extxyz", tmp_path / "chunk_1.extxyz"]
+    picked = write_check_subset(tmp_path / "labelled.extxyz", SMALL, tmp_path / "subset.extxyz", chunks)
+    parts = [read(path, index=":") for path in chunks]
+    ids = sorted(f.info["structure_id"] for part in parts for f in part)
+    assert ids == sorted(f.info["structure_id"] for f in picked)
+    families = {f.info["family"] for f in picked}
+    first_half = {f.info["family"] for part in parts for f in part[: (len(part) + 1) // 2]}
+    assert len(families) >= 3 and first_half == families
 
 
 def test_gpaw_settings_come_from_the_teacher_check_section():

@@ -93,14 +93,37 @@ def select_check_frames(frames: Sequence[Atoms], cfg: MoEStudyPeriodicConfig) ->
     return [frames[i] for i in sorted(chosen)]
 
 
+def interleaved_by_family(frames: Sequence[Atoms]) -> list[Atoms]:
+    """``frames`` reordered so that every structure family is spread evenly through the sequence (the i-th of a
+    family's n frames sits at fraction (i + 1/2) / n), each family keeping its own order: a check stopped part way
+    has labelled about the same fraction of every family.
+
+    >>> from ase import Atoms
+    >>> frames = [Atoms(info={"family": f}) for f in ["bulk"] * 4 + ["alloy"] * 2]
+    >>> [f.info["family"] for f in interleaved_by_family(frames)]
+    ['bulk', 'alloy', 'bulk', 'bulk', 'alloy', 'bulk']
+    """
+    families = [str(f.info.get("family")) for f in frames]
+    size = {fam: families.count(fam) for fam in families}
+    seen: dict[str, int] = {}
+    keys = []
+    for i, fam in enumerate(families):
+        rank = seen.get(fam, 0)
+        seen[fam] = rank + 1
+        keys.append(((rank + 0.5) / size[fam], i))
+    return [frames[i] for _, i in sorted(keys)]
+
+
 def write_check_subset(labelled: str | Path, cfg: MoEStudyPeriodicConfig, subset: str | Path,
                        chunks: Sequence[str | Path]) -> list[Atoms]:
     """Select the check frames of ``labelled`` (teacher labels); write them with their teacher labels to ``subset``
-    and, unlabelled, round-robin into the ``chunks`` files for the GPAW ``label`` jobs."""
+    and, unlabelled, round-robin into the ``chunks`` files for the GPAW ``label`` jobs, in the order of
+    :func:`interleaved_by_family` (the label jobs work through their chunk in order)."""
     picked = select_check_frames(read_frames(labelled), cfg)
     write_atomic(subset, lambda tmp: write(tmp, picked, format="extxyz"))
+    order = interleaved_by_family(picked)
     for k, path in enumerate(chunks):
-        part = [unlabelled(f) for f in picked[k :: len(chunks)]]
+        part = [unlabelled(f) for f in order[k :: len(chunks)]]
         write_atomic(path, lambda tmp, part=part: write(tmp, part, format="extxyz"))
     log.info("teacher check: %d frames in %d chunks", len(picked), len(chunks))
     return picked
