@@ -182,6 +182,14 @@ def moe_study_train_config():
     return json.dumps(values, sort_keys=True)
 
 
+def moe_periodic_dataset_config():
+    """The config of the periodic set's dataset (splits): ``moe_study.periodic`` without the teacher check, so that
+    choosing runs, changing the check or the study's training settings rebuilds no dataset (and reruns no run)."""
+    periodic = json.loads(stage_config("moe_study"))["moe_study"]["periodic"]
+    periodic.pop("teacher_check")
+    return json.dumps({"moe_study": {"periodic": periodic}}, sort_keys=True)
+
+
 def moe_study_outputs():
     """The study's table and figures (the moe_study target; added to rule all when moe_study.enabled)."""
     return list(rules.moe_study_report.output)

@@ -126,7 +126,7 @@ rule moe_periodic_dataset:
     output:
         dataset=f"{MOE_STUDY_DIR}/periodic/dataset.extxyz",
     params:
-        config=stage_config("moe_study"),
+        config=moe_periodic_dataset_config(),
     log:
         "results/logs/moe_study/periodic_dataset.log",
     benchmark:
