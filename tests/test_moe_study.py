@@ -326,3 +326,25 @@ def test_the_study_dag_dry_runs_with_two_seeds(tmp_path):
     jobs = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
             if line.startswith(("moe_study_train ", "moe_study_report "))}
     assert jobs == {"moe_study_train": 4, "moe_study_report": 1}
+
+
+def test_choosing_runs_or_changing_the_teacher_check_leaves_the_periodic_dataset_command_alone(tmp_path):
+    """The periodic dataset's command (its params) must not depend on which variants, datasets or seeds run, or on
+    the teacher check: snakemake would rebuild the dataset and rerun every finished study run."""
+    from workflow_support import REPO, emt_workdir, run_snakemake
+
+    commands = []
+    for k, (variants, kpt_density) in enumerate(((["dense"], 3.0), (["dense", "moe_element"], 4.5))):
+        def configure(config, variants=variants, kpt_density=kpt_density):
+            config["moe_study"].update(enabled=True, datasets=["periodic"], variants=variants, seeds=[0, 1])
+            config["moe_study"]["periodic"]["path"] = str(REPO / "resources/moe_study/periodic_teacher.extxyz")
+            config["moe_study"]["periodic"]["teacher_check"]["kpt_density"] = kpt_density
+
+        (tmp_path / str(k)).mkdir()
+        workdir = emt_workdir(tmp_path / str(k), configure)
+        result = run_snakemake("-n", "-p", "--cores", "1", "results/moe_study/periodic/dataset.extxyz", cwd=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        commands.append([line for line in (result.stdout + result.stderr).splitlines()
+                         if "moe-periodic-dataset" in line])
+    assert len(commands[0]) == 1 and commands[0] == commands[1]
+    assert "kpt_density" not in commands[0][0] and "variants" not in commands[0][0]
