@@ -103,6 +103,11 @@ def test_a_constant_per_element_is_removed_exactly(frames):
         assert np.allclose(table[column].dropna(), 0.0, atol=1e-6)
     assert set(table["grouping"]) == {"element family", "structure family", "all"}
     assert int(table.loc[table["grouping"] == "all", "frames"].iloc[0]) == len(picked)
+    moved = dft[0].copy()
+    moved.positions[0] += 0.01
+    moved.calc = SinglePointCalculator(moved, energy=dft[0].get_potential_energy(), forces=dft[0].get_forces())
+    with pytest.raises(ValueError, match="not the teacher's structure"):
+        check_tables(teacher, [moved, *dft[1:]])
 
 
 def test_alignment_leaves_a_residual_that_is_not_a_per_element_constant():

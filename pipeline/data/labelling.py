@@ -354,6 +354,17 @@ def label_one(atoms: Atoms, cfg: LabelConfig, *, cache_dir: Path, log_dir: Path)
 REUSE_TOLERANCE_A = 1e-6
 
 
+def geometry_mismatch(atoms: Atoms, other: Atoms) -> str | None:
+    """How ``other`` is not the structure ``atoms`` (other elements or periodicity, or a cell or position off by more
+    than :data:`REUSE_TOLERANCE_A`), or ``None`` when it is the same structure."""
+    if not (np.array_equal(atoms.numbers, other.numbers) and np.array_equal(atoms.pbc, other.pbc)):
+        return "other elements or periodicity"
+    if (np.abs(atoms.cell.array - other.cell.array).max() > REUSE_TOLERANCE_A
+            or np.abs(atoms.positions - other.positions).max() > REUSE_TOLERANCE_A):
+        return "other cell or positions"
+    return None
+
+
 def reuse_mismatch(atoms: Atoms, earlier: Atoms, cfg: LabelConfig) -> str | None:
     """Why ``earlier`` is not a label of ``atoms`` made with ``cfg``'s settings, or ``None`` when it is.
 
@@ -362,11 +373,9 @@ def reuse_mismatch(atoms: Atoms, earlier: Atoms, cfg: LabelConfig) -> str | None
     mode, cutoff or basis, k-point mesh, smearing, setups, spin, stress) recorded in its ``info`` with the value
     ``cfg`` gives ``atoms``.
     """
-    if not (np.array_equal(atoms.numbers, earlier.numbers) and np.array_equal(atoms.pbc, earlier.pbc)):
-        return "other elements or periodicity"
-    if (np.abs(atoms.cell.array - earlier.cell.array).max() > REUSE_TOLERANCE_A
-            or np.abs(atoms.positions - earlier.positions).max() > REUSE_TOLERANCE_A):
-        return "other cell or positions"
+    reason = geometry_mismatch(atoms, earlier)
+    if reason is not None:
+        return reason
     results = earlier.calc.results if earlier.calc is not None else {}
     if results.get("energy") is None or results.get("forces") is None:
         return "no energy or forces"

@@ -38,7 +38,7 @@ from ase.io import write
 
 from pipeline.atomic import write_atomic
 from pipeline.config import Config, LabelConfig, MoEStudyPeriodicConfig
-from pipeline.data.labelling import cached_labels
+from pipeline.data.labelling import cached_labels, geometry_mismatch
 from pipeline.data.periodic_set import ELEMENT_FAMILIES, FAMILIES, MAGNETIC
 from pipeline.data.periodic_ship import read_frames
 
@@ -321,15 +321,16 @@ def check_tables(teacher: Sequence[Atoms], dft: Sequence[Atoms]) -> tuple[pd.Dat
     pairs = [(by_id[d.info["structure_id"]], d) for d in dft if d.info.get("structure_id") in by_id]
     if not pairs:
         raise ValueError("no GPAW frame matches a teacher frame by structure_id")
+    for t, d in pairs:
+        reason = geometry_mismatch(t, d)
+        if reason is not None:
+            raise ValueError(f"{d.info['structure_id']}: the GPAW frame is not the teacher's structure ({reason})")
     ref = [t for t, _ in pairs]
     elements, counts = composition_matrix(ref)
     delta = np.array([t.get_potential_energy() - d.get_potential_energy() for t, d in pairs])
     mu, residual = align_energies(counts, delta)
     loo = leave_one_out_residual(counts, delta)
     same = same_composition_pairs(counts, delta)
-    for t, d in pairs:
-        if len(t) != len(d) or not np.array_equal(t.numbers, d.numbers) or np.abs(t.positions - d.positions).max() > 1e-6:
-            raise ValueError(f"{d.info['structure_id']}: the GPAW frame's atoms or positions differ from the teacher's")
     f_teacher = np.concatenate([t.get_forces() for t, _ in pairs])  # [atoms, 3] eV/A
     f_dft = np.concatenate([d.get_forces() for _, d in pairs])
     symbols = np.concatenate([t.get_chemical_symbols() for t in ref])
