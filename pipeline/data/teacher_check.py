@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def interleaved_by_family(frames: Sequence[Atoms]) -> list[Atoms]:
     ['bulk', 'alloy', 'bulk', 'bulk', 'alloy', 'bulk']
     """
     families = [str(f.info.get("family")) for f in frames]
-    size = {fam: families.count(fam) for fam in families}
+    size = Counter(families)
     seen: dict[str, int] = {}
     keys = []
     for i, fam in enumerate(families):
