@@ -18,9 +18,11 @@ from pipeline.models.moe import parameter_counts
 from pipeline.models.testing import small_config
 from pipeline.train.moe_report import (
     COLUMNS,
+    better,
     claims,
     group_separation,
     knn_agreement,
+    mean_std,
     periodic_position,
     permutation_test,
     read_summaries,
@@ -203,6 +205,23 @@ def test_claims_are_judged_from_mean_and_std_over_seeds():
     global_ = table[(table["variant"] == "moe_global_shared") & (table["seed"] == "mean")]
     assert global_["max_loss_jump"].item() == pytest.approx((51.0 + 51.0 + 1.0) / 3)  # 51x on the unstable seeds
     assert "80.0 +- 1.0 (n=3)" in verdicts[verdicts["claim"].str.startswith("sparse")]["better"].iloc[0]
+
+
+def test_a_claim_the_bands_support_is_inconclusive_when_one_seed_reverses_it():
+    # bands separate (68.2 + 14.5 < 97.0 - 7.8) but seed 3 of the MoE is worse than seed 3 of dense
+    rows = (_summary_rows("periodic", "dense", [100, 101, 102, 85], [False] * 4)
+            + _summary_rows("periodic", "moe_element_shared", [60, 61, 62, 90], [False] * 4))
+    table = study_table(rows)
+    assert better(mean_std(table, "periodic", "moe_element_shared", "force_mae_mev_a"),
+                  mean_std(table, "periodic", "dense", "force_mae_mev_a")) == "supported"
+    verdicts = claims(table)
+    sparse = verdicts[verdicts["claim"].str.startswith("sparse") & verdicts["metric"].str.startswith("test force")]
+    assert sparse["verdict"].item() == "inconclusive (supported by mean +- std, not in seed 3)"
+    # with seed 3 of the MoE below dense the same bands stand
+    rows[-1]["test_force_mae_mev_a"] = 84.0
+    verdicts = claims(study_table(rows))
+    sparse = verdicts[verdicts["claim"].str.startswith("sparse") & verdicts["metric"].str.startswith("test force")]
+    assert sparse["verdict"].item() == "supported"
 
 
 def test_periodic_positions():

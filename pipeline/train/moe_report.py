@@ -173,6 +173,32 @@ def better(a: tuple[float, float, int] | None, b: tuple[float, float, int] | Non
     return "inconclusive (within seed scatter)"
 
 
+def seeds_reversing(table: pd.DataFrame, dataset: str, a: str, b: str, column: str, verdict: str) -> list[int]:
+    """Seeds (trained for both ``a`` and ``b`` on ``dataset``, paired by seed number) against a ``supported``
+    (``a`` lower) or ``contradicted`` (``a`` higher) ``verdict`` of :func:`better` on ``column``: a verdict
+    stands only when it holds for each seed, not just for the mean +- std bands. Empty for other verdicts."""
+    if verdict not in ("supported", "contradicted"):
+        return []
+    seeds = per_seed_rows(table)
+    mine = seeds[seeds["dataset"] == dataset]
+    va = mine[mine["variant"] == a].set_index("seed")[column].astype(float)
+    vb = mine[mine["variant"] == b].set_index("seed")[column].astype(float)
+    common = sorted(set(va.index) & set(vb.index))
+    if verdict == "supported":
+        return [int(s) for s in common if not va[s] < vb[s]]
+    return [int(s) for s in common if not va[s] > vb[s]]
+
+
+def seedwise(table: pd.DataFrame, dataset: str, a: str, b: str, column: str) -> str:
+    """:func:`better` on the mean +- std over seeds of ``a`` and ``b``, demoted to ``inconclusive`` when some
+    seed does not agree with it (:func:`seeds_reversing`)."""
+    verdict = better(mean_std(table, dataset, a, column), mean_std(table, dataset, b, column))
+    against = seeds_reversing(table, dataset, a, b, column, verdict)
+    if against:
+        return f"inconclusive ({verdict} by mean +- std, not in seed {', '.join(map(str, against))})"
+    return verdict
+
+
 #: claims of arXiv 2603.07977 tested by comparing two variants: (claim, better variant, worse variant)
 PAIR_CLAIMS = (
     ("sparse activation with shared experts beats the dense model at equal active parameters",
@@ -217,7 +243,7 @@ def _split_claim(table: pd.DataFrame, dataset: str) -> dict:
     if any(s is None for s in stats.values()):
         verdict = "not tested (variant not trained)"
     else:
-        others = [better(stats["1/2"], stats[k]) for k in ("1/4", "3/4")]
+        others = [seedwise(table, dataset, variants["1/2"], variants[k], "force_mae_mev_a") for k in ("1/4", "3/4")]
         verdict = ("supported" if all(o == "supported" for o in others) else
                    "contradicted" if any(o == "contradicted" for o in others) else "inconclusive (within seed scatter)")
     described = ", ".join(f"{k} ({int(s.iloc[0, 0])} shared + {int(s.iloc[0, 1])} routed): {_fmt(stats[k])}"
@@ -230,7 +256,7 @@ def _split_claim(table: pd.DataFrame, dataset: str) -> dict:
 def claims(table: pd.DataFrame, routing: pd.DataFrame | None = None, *, alpha: float = 0.05) -> pd.DataFrame:
     """One verdict per claim, dataset and metric, computed from the study table (and the routing table).
 
-    Pair claims use :func:`better` on the per-seed rows; the instability claim is ``supported`` when at least
+    Pair claims use :func:`seedwise` on the per-seed rows (:func:`better`, held by every seed); the instability claim is ``supported`` when at least
     half of the global-routing seeds are unstable and more than of element routing with shared experts; the
     periodic-table claim is ``supported`` when the family-label p-value is below ``alpha`` for every seed of
     the routing analysis, ``partly`` for some, ``not supported`` for none.
@@ -241,7 +267,7 @@ def claims(table: pd.DataFrame, routing: pd.DataFrame | None = None, *, alpha: f
             for column, name, digits in _METRICS:
                 sa, sb = mean_std(table, dataset, a, column), mean_std(table, dataset, b, column)
                 rows.append({"dataset": dataset, "claim": claim, "metric": name, "better": f"{a}: {_fmt(sa, digits)}",
-                             "worse": f"{b}: {_fmt(sb, digits)}", "verdict": better(sa, sb)})
+                             "worse": f"{b}: {_fmt(sb, digits)}", "verdict": seedwise(table, dataset, a, b, column)})
         rows.append(_instability_claim(table, dataset))
         rows.append(_split_claim(table, dataset))
     if routing is not None and not routing.empty:
@@ -560,7 +586,8 @@ def write_report(summaries: Sequence[dict], *, csv: str | Path, md: str | Path, 
         "## Claims", "",
         "Computed from the table below (per-seed test errors; mean +- sample std over the seeds, n = seeds). "
         "Rule for 'A beats B': **supported** when mean_A + std_A < mean_B - std_B, **contradicted** when "
-        "mean_A - std_A > mean_B + std_B, else inconclusive. Instability: supported when at least half of the "
+        "mean_A - std_A > mean_B + std_B, and in each case only when it holds for every seed (A against B of the same "
+        "seed number), else inconclusive. Instability: supported when at least half of the "
         "global-routing seeds are unstable and more than of element routing. Periodic-table trends: the "
         f"permutation p-value of the {routing_cfg.knn}-NN family agreement below {routing_cfg.alpha:g} in every seed.",
         "", verdicts.to_markdown(index=False), "",
