@@ -219,9 +219,12 @@ def test_a_claim_the_bands_support_is_inconclusive_when_one_seed_reverses_it():
     assert sparse["verdict"].item() == "inconclusive (supported by mean +- std, not in seed 3)"
     # with seed 3 of the MoE below dense the same bands stand
     rows[-1]["test_force_mae_mev_a"] = 84.0
+    # two seeds are too few, however far apart
+    rows += _summary_rows("periodic", "moe_element", [300, 301], [False] * 2)
     verdicts = claims(study_table(rows))
-    sparse = verdicts[verdicts["claim"].str.startswith("sparse") & verdicts["metric"].str.startswith("test force")]
-    assert sparse["verdict"].item() == "supported"
+    force = verdicts[verdicts["metric"].str.startswith("test force")].set_index("claim")["verdict"]
+    assert force[force.index.str.startswith("sparse")].item() == "supported"
+    assert force[force.index.str.startswith("shared experts help")].item() == "inconclusive (2 of 3 seeds)"
 
 
 def test_periodic_positions():

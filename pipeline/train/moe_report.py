@@ -50,6 +50,8 @@ _COLOURS.update({family: f"C{i}" for i, family in enumerate(dict.fromkeys(ELEMEN
 _REFERENCE = ("moe_element_shared", "moe_element", "moe_element_shared25", "moe_element_shared75",
               "mole_element_shared", "moe_configuration_shared", "moe_global_shared", "moe_atom_shared")
 _ORDER = ("dense", *_REFERENCE)  # rows of the table and colours of the learning curves
+#: fewest seeds on each side for a verdict on a claim (a verdict from one or two trainings proves nothing)
+MIN_SEEDS = 3
 _PCA_DATASETS = ("periodic", "emt_alloys", "pt_co")
 #: fewest elements (present in the test set) for the routing score: Pt/C/O cannot show a periodic-table pattern
 MIN_ROUTING_ELEMENTS = 6
@@ -160,12 +162,13 @@ def _fmt(stat: tuple[float, float, int] | None, digits: int = 1) -> str:
 def better(a: tuple[float, float, int] | None, b: tuple[float, float, int] | None) -> str:
     """Verdict on "a is lower than b" from mean +- std over seeds: ``supported`` when ``mean_a + std_a <
     mean_b - std_b``, ``contradicted`` when ``mean_a - std_a > mean_b + std_b``, else ``inconclusive``
-    (the bands overlap; also with a single seed); ``not tested`` when a variant is missing."""
+    (the bands overlap; also with fewer than :data:`MIN_SEEDS` seeds on either side); ``not tested`` when a
+    variant is missing."""
     if a is None or b is None:
         return "not tested (variant not trained)"
     (ma, sa, na), (mb, sb, nb) = a, b
-    if na < 2 or nb < 2:
-        return "inconclusive (one seed)"
+    if min(na, nb) < MIN_SEEDS:
+        return f"inconclusive ({min(na, nb)} of {MIN_SEEDS} seeds)"
     if ma + sa < mb - sb:
         return "supported"
     if ma - sa > mb + sb:
@@ -218,8 +221,8 @@ def _instability_claim(table: pd.DataFrame, dataset: str) -> dict:
     jump_e = mean_std(table, dataset, "moe_element_shared", "path_jump_mev")
     if g is None or e is None:
         verdict = "not tested (variant not trained)"
-    elif g[2] < 2:
-        verdict = "inconclusive (one seed)"
+    elif min(g[2], e[2]) < MIN_SEEDS:
+        verdict = f"inconclusive ({min(g[2], e[2])} of {MIN_SEEDS} seeds)"
     elif g[0] >= 0.5 and g[0] > e[0]:
         verdict = "supported"
     elif g[0] > e[0]:
@@ -586,9 +589,10 @@ def write_report(summaries: Sequence[dict], *, csv: str | Path, md: str | Path, 
         "## Claims", "",
         "Computed from the table below (per-seed test errors; mean +- sample std over the seeds, n = seeds). "
         "Rule for 'A beats B': **supported** when mean_A + std_A < mean_B - std_B, **contradicted** when "
-        "mean_A - std_A > mean_B + std_B, and in each case only when it holds for every seed (A against B of the same "
-        "seed number), else inconclusive. Instability: supported when at least half of the "
-        "global-routing seeds are unstable and more than of element routing. Periodic-table trends: the "
+        f"mean_A - std_A > mean_B + std_B, and in each case only with {MIN_SEEDS} seeds or more on both sides and "
+        "when it holds for every seed (A against B of the same seed number), else inconclusive. Instability: "
+        "supported when at least half of the global-routing seeds are unstable and more than of element routing "
+        f"({MIN_SEEDS} seeds or more of each). Periodic-table trends: the "
         f"permutation p-value of the {routing_cfg.knn}-NN family agreement below {routing_cfg.alpha:g} in every seed.",
         "", verdicts.to_markdown(index=False), "",
         "## Table", "",
