@@ -225,6 +225,10 @@ def test_a_claim_the_bands_support_is_inconclusive_when_one_seed_reverses_it():
     force = verdicts[verdicts["metric"].str.startswith("test force")].set_index("claim")["verdict"]
     assert force[force.index.str.startswith("sparse")].item() == "supported"
     assert force[force.index.str.startswith("shared experts help")].item() == "inconclusive (2 of 3 seeds)"
+    rows += (_summary_rows("periodic", "moe_element_shared25", [300, 301], [False] * 2)
+             + _summary_rows("periodic", "moe_element_shared75", [300, 301, 302], [False] * 3))
+    split = claims(study_table(rows)).set_index("claim")["verdict"]
+    assert split[split.index.str.startswith("about half")].item() == "inconclusive (2 of 3 seeds)"
 
 
 def test_periodic_positions():

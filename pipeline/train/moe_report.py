@@ -247,8 +247,10 @@ def _split_claim(table: pd.DataFrame, dataset: str) -> dict:
         verdict = "not tested (variant not trained)"
     else:
         others = [seedwise(table, dataset, variants["1/2"], variants[k], "force_mae_mev_a") for k in ("1/4", "3/4")]
+        few = [o for o in others if o.endswith(f"of {MIN_SEEDS} seeds)")]
         verdict = ("supported" if all(o == "supported" for o in others) else
-                   "contradicted" if any(o == "contradicted" for o in others) else "inconclusive (within seed scatter)")
+                   "contradicted" if any(o == "contradicted" for o in others) else
+                   few[0] if few else "inconclusive (within seed scatter)")
     described = ", ".join(f"{k} ({int(s.iloc[0, 0])} shared + {int(s.iloc[0, 1])} routed): {_fmt(stats[k])}"
                           for k, s in shares.items() if not s.empty)
     return {"dataset": dataset, "claim": "about half of the active experts shared is best (paper body, as summarised "
