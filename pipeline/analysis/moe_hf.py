@@ -14,7 +14,7 @@ the study's budget, for every ``moe_study.seeds`` seed. This module judges them:
   ``analysis.speed.repeats`` interleaved repeats after ``warmup``: ``step_ms``, ``us_per_atom`` and
   ``cost_vs_dense`` (the median over seeds of the dense model is the reference);
 - the verdict (:func:`verdict`): a MoE variant *pays* when its force MAE is lower than the dense model's on every
-  seed and the mean +- std bands are apart (:func:`pipeline.train.moe_report.better` says ``supported``), and
+  seed and the mean +- std bands are apart (:func:`pipeline.train.moe_report.seedwise` says ``supported``), and
   its MD step costs at most :data:`MAX_COST_RATIO` times the dense one.
 
 Every error is on the test split, which no run trained on or was selected on (selection: validation split).
@@ -35,7 +35,7 @@ from pipeline.analysis.speed import full_expert_evaluator, time_cases, timing_sl
 from pipeline.config import Config
 from pipeline.devices import DTYPES, resolve_device
 from pipeline.models import load_checkpoint
-from pipeline.train.moe_report import better, mean_std, per_seed_rows, study_table
+from pipeline.train.moe_report import mean_std, per_seed_rows, seedwise, study_table
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +110,17 @@ def moe_hf_table(cfg: Config, summaries: Sequence[dict], seconds: Mapping[tuple[
 
 
 def verdict(table: pd.DataFrame) -> pd.DataFrame:
-    """Per MoE variant: accuracy verdicts against dense (force, energy; :func:`better` on mean +- std over
-    seeds), seeds with a lower force MAE than dense of the same seed, the cost ratio and ``pays`` (see the
-    module docstring)."""
+    """Per MoE variant: accuracy verdicts against dense (force, energy;
+    :func:`~pipeline.train.moe_report.seedwise`: mean +- std over seeds, held by every seed), seeds with a lower
+    force MAE than dense of the same seed, the cost ratio and ``pays`` (see the module docstring)."""
     seeds = per_seed_rows(table)
-
-    def stat(variant: str, column: str) -> tuple[float, float, int] | None:
-        return mean_std(table, "pt_co", variant, column)
-
     rows = []
     for variant in dict.fromkeys(seeds["variant"]):
         if variant == "dense":
             continue
         mine = seeds[seeds["variant"] == variant]
-        force = better(stat(variant, "force_mae_mev_a"), stat("dense", "force_mae_mev_a"))
-        energy = better(stat(variant, "energy_mae_mev_atom"), stat("dense", "energy_mae_mev_atom"))
+        force = seedwise(table, "pt_co", variant, "dense", "force_mae_mev_a")
+        energy = seedwise(table, "pt_co", variant, "dense", "energy_mae_mev_atom")
         lower = int((mine["force_mae_vs_dense"].astype(float) < 1.0).sum())
         cost = float(mine["cost_vs_dense"].astype(float).mean())
         pays = force == "supported" and lower == len(mine) and cost <= MAX_COST_RATIO

@@ -159,6 +159,10 @@ def _fmt(stat: tuple[float, float, int] | None, digits: int = 1) -> str:
     return f"{mean:.{digits}f} +- {std:.{digits}f} (n={n})" if np.isfinite(std) else f"{mean:.{digits}f} (n={n})"
 
 
+def _too_few(seeds: int) -> str:
+    return f"inconclusive ({seeds} of {MIN_SEEDS} seeds)"
+
+
 def better(a: tuple[float, float, int] | None, b: tuple[float, float, int] | None) -> str:
     """Verdict on "a is lower than b" from mean +- std over seeds: ``supported`` when ``mean_a + std_a <
     mean_b - std_b``, ``contradicted`` when ``mean_a - std_a > mean_b + std_b``, else ``inconclusive``
@@ -168,7 +172,7 @@ def better(a: tuple[float, float, int] | None, b: tuple[float, float, int] | Non
         return "not tested (variant not trained)"
     (ma, sa, na), (mb, sb, nb) = a, b
     if min(na, nb) < MIN_SEEDS:
-        return f"inconclusive ({min(na, nb)} of {MIN_SEEDS} seeds)"
+        return _too_few(min(na, nb))
     if ma + sa < mb - sb:
         return "supported"
     if ma - sa > mb + sb:
@@ -222,7 +226,7 @@ def _instability_claim(table: pd.DataFrame, dataset: str) -> dict:
     if g is None or e is None:
         verdict = "not tested (variant not trained)"
     elif min(g[2], e[2]) < MIN_SEEDS:
-        verdict = f"inconclusive ({min(g[2], e[2])} of {MIN_SEEDS} seeds)"
+        verdict = _too_few(min(g[2], e[2]))
     elif g[0] >= 0.5 and g[0] > e[0]:
         verdict = "supported"
     elif g[0] > e[0]:
@@ -247,10 +251,10 @@ def _split_claim(table: pd.DataFrame, dataset: str) -> dict:
         verdict = "not tested (variant not trained)"
     else:
         others = [seedwise(table, dataset, variants["1/2"], variants[k], "force_mae_mev_a") for k in ("1/4", "3/4")]
-        few = [o for o in others if o.endswith(f"of {MIN_SEEDS} seeds)")]
+        fewest = min(n for _, _, n in stats.values())
         verdict = ("supported" if all(o == "supported" for o in others) else
                    "contradicted" if any(o == "contradicted" for o in others) else
-                   few[0] if few else "inconclusive (within seed scatter)")
+                   _too_few(fewest) if fewest < MIN_SEEDS else "inconclusive (within seed scatter)")
     described = ", ".join(f"{k} ({int(s.iloc[0, 0])} shared + {int(s.iloc[0, 1])} routed): {_fmt(stats[k])}"
                           for k, s in shares.items() if not s.empty)
     return {"dataset": dataset, "claim": "about half of the active experts shared is best (paper body, as summarised "
@@ -261,10 +265,10 @@ def _split_claim(table: pd.DataFrame, dataset: str) -> dict:
 def claims(table: pd.DataFrame, routing: pd.DataFrame | None = None, *, alpha: float = 0.05) -> pd.DataFrame:
     """One verdict per claim, dataset and metric, computed from the study table (and the routing table).
 
-    Pair claims use :func:`seedwise` on the per-seed rows (:func:`better`, held by every seed); the instability claim is ``supported`` when at least
-    half of the global-routing seeds are unstable and more than of element routing with shared experts; the
-    periodic-table claim is ``supported`` when the family-label p-value is below ``alpha`` for every seed of
-    the routing analysis, ``partly`` for some, ``not supported`` for none.
+    Pair claims use :func:`seedwise` on the per-seed rows (:func:`better`, held by every seed); the instability
+    claim is ``supported`` when at least half of the global-routing seeds are unstable and more than of element
+    routing with shared experts; the periodic-table claim is ``supported`` when the family-label p-value is below
+    ``alpha`` for every seed of the routing analysis, ``partly`` for some, ``not supported`` for none.
     """
     rows = []
     for dataset in dict.fromkeys(table["dataset"]):
