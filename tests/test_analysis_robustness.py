@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from analysis_support import tiny_analysis_config, write_pair
-from pipeline.analysis.learning import late_change, learning_table
+from pipeline.analysis.learning import learning_table
 from pipeline.analysis.robustness import COLUMNS, CRITERIA, failed_criteria, meets, robustness_table
 from pipeline.cli import main
 from pipeline.train import run_training
+from pipeline.train.convergence import late_change
 from train_support import tiny_config, write_tiny_dataset
 
 

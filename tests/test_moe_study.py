@@ -207,6 +207,20 @@ def test_claims_are_judged_from_mean_and_std_over_seeds():
     assert "80.0 +- 1.0 (n=3)" in verdicts[verdicts["claim"].str.startswith("sparse")]["better"].iloc[0]
 
 
+def test_the_table_says_how_much_the_last_quarter_of_the_epochs_gained():
+    """late_change_*_pct: change of the best-so-far validation error over the last quarter of the epochs."""
+    curves = [{"train_loss": [1.0] * 8, "val_force_mae_mev_a": [5.0, 4.0, 3.0, 3.5, 3.0, 3.1, 3.2, 2.7],
+               "val_energy_mae_mev_atom": [5.0, 4.0, 3.0, 2.0, 2.0, 2.0, 2.5, 2.1]},
+              {"train_loss": [1.0] * 3, "val_force_mae_mev_a": [3.0, 2.0, 1.0], "val_energy_mae_mev_atom": [1.0] * 3}]
+    rows = _summary_rows("periodic", "dense", [100, 102], [False] * 2)
+    for row, curve in zip(rows, curves):
+        row["curve"] = curve
+    table = study_table(rows).set_index("seed")
+    assert table.loc[0, "late_change_force_pct"] == pytest.approx(-10.0)  # best 3.0 -> 2.7 in the last 2 of 8
+    assert table.loc[0, "late_change_energy_pct"] == 0.0  # the best, 2.0, came before the last quarter
+    assert np.isnan(table.loc[1, "late_change_force_pct"])  # 3 epochs are too few to say
+
+
 def test_a_claim_the_bands_support_is_inconclusive_when_one_seed_reverses_it():
     # bands separate (68.2 + 14.5 < 97.0 - 7.8) but seed 3 of the MoE is worse than seed 3 of dense
     rows = (_summary_rows("periodic", "dense", [100, 101, 102, 85], [False] * 4)

@@ -25,20 +25,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.analysis._common import pyplot, save_figure, write_table
+from pipeline.train.convergence import late_change
 
 COLUMNS = ("stage", "epochs", "selected_epoch", "time_per_epoch_s", "total_time_s", "val_loss_smoothed",
            "late_change_percent", "val_hf_energy_mae_mev_atom", "val_hf_force_mae_mev_a",
            "val_lf_energy_mae_mev_atom", "val_lf_force_mae_mev_a", "val_bulk_force_disagreement_mev_a")
 TERM_COLUMNS = ("agree_energy", "agree_forces", "mixture_forces")
-
-
-def late_change(smoothed: np.ndarray) -> float:
-    """Relative change (percent) of a curve over its last quarter (at least two points)."""
-    n = len(smoothed)
-    if n < 4:
-        return float("nan")
-    start = smoothed[n - max(2, n // 4)]
-    return float(100.0 * (smoothed[-1] / start - 1.0)) if start else float("nan")
 
 
 def stage_row(stage: str, metrics: pd.DataFrame) -> dict:

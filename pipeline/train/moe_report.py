@@ -14,7 +14,9 @@
   (family, group, period; :func:`knn_agreement`) and its permutation-test p-value against shuffled element
   labels (:func:`permutation_test`), per seed (table :func:`routing_table`); heat map and PCA (PNG, PCA coloured
   by periodic-table group, marker by period);
-- learning curves (PNG): validation force MAE per epoch, mean over seeds per variant.
+- learning curves (PNG): validation force MAE per epoch, mean over seeds per variant; the table's
+  ``late_change_*_pct`` columns say whether each run converged (:func:`pipeline.train.convergence.late_change`
+  of the best-so-far validation errors).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ase.data import atomic_numbers
 
 from pipeline.config import MoEStudyRoutingConfig
 from pipeline.data.periodic_set import ELEMENT_FAMILIES
+from pipeline.train.convergence import late_change
 from pipeline.train.stability import max_loss_jump
 
 #: the study table's columns after ``dataset`` (issue 20), in order
@@ -40,9 +43,10 @@ COLUMNS = ("variant", "routing", "shared_experts", "routed_experts", "top_k", "a
            "energy_mae_mev_atom", "force_mae_mev_a", "unstable")
 #: further columns of the study table: stability measures and the training record
 EXTRA_COLUMNS = ("expert_type", "loss_spikes", "max_loss_jump", "nonfinite_grads", "path_jump_mev", "epochs",
-                 "best_epoch", "train_wall_s", "status", "labels")
+                 "best_epoch", "late_change_energy_pct", "late_change_force_pct", "train_wall_s", "status", "labels")
 _AGGREGATED = ("energy_mae_mev_atom", "force_mae_mev_a", "unstable", "loss_spikes", "max_loss_jump",
-               "nonfinite_grads", "path_jump_mev", "epochs", "best_epoch", "train_wall_s")
+               "nonfinite_grads", "path_jump_mev", "epochs", "best_epoch", "late_change_energy_pct",
+               "late_change_force_pct", "train_wall_s")
 GROUPS = {"Ni": "Ni/Pd/Pt", "Pd": "Ni/Pd/Pt", "Pt": "Ni/Pd/Pt", "Cu": "Cu/Ag/Au", "Ag": "Cu/Ag/Au", "Au": "Cu/Ag/Au",
           "Al": "Al"}
 _COLOURS = {"Ni/Pd/Pt": "tab:blue", "Cu/Ag/Au": "tab:orange", "Al": "tab:green", "other": "tab:gray"}
@@ -108,8 +112,10 @@ def seed_rows(summaries: Sequence[dict]) -> pd.DataFrame:
             "expert_type": s["expert_type"], "loss_spikes": int(s["loss_spikes"]),
             "max_loss_jump": max_loss_jump(s["curve"]["train_loss"]),
             "nonfinite_grads": int(s["nonfinite_grads"]), "path_jump_mev": float(s["path_jump_mev"]),
-            "epochs": int(s["epochs"]), "best_epoch": int(s["best_epoch"]), "train_wall_s": float(s["train_wall_s"]),
-            "status": s["status"], "labels": s["labels"],
+            "epochs": int(s["epochs"]), "best_epoch": int(s["best_epoch"]),
+            "late_change_energy_pct": late_change(np.fmin.accumulate(s["curve"].get("val_energy_mae_mev_atom", []))),
+            "late_change_force_pct": late_change(np.fmin.accumulate(s["curve"].get("val_force_mae_mev_a", []))),
+            "train_wall_s": float(s["train_wall_s"]), "status": s["status"], "labels": s["labels"],
         })
     return pd.DataFrame(rows, columns=["dataset", *COLUMNS, *EXTRA_COLUMNS])
 
@@ -560,6 +566,24 @@ def _stability_lines(summaries: Sequence[dict]) -> list[str]:
             f"{st['max_path_jump_mev']:g} meV; on the mean row it is the fraction of unstable seeds."]
 
 
+def _convergence_lines(table: pd.DataFrame, curves: str | Path | None) -> list[str]:
+    runs = per_seed_rows(table)
+    out = []
+    for column, what in (("late_change_force_pct", "force"), ("late_change_energy_pct", "energy")):
+        values = runs[column].astype(float)
+        if not values.notna().any():
+            continue
+        worst = runs.loc[values.idxmin()]
+        out.append(f"{what} from {values.max():+.1f} to {values.min():+.1f} % (largest gain: {worst['dataset']}/"
+                   f"{worst['variant']} seed {worst['seed']})")
+    if not out:
+        return []
+    return ["Convergence (pipeline.train.convergence.late_change): `late_change_*_pct` = change of the best-so-far "
+            "validation energy or force MAE over the last quarter of the epochs (percent; 0: the last quarter found "
+            "no better weights; clearly negative: still improving when the budget ended). Over the runs: "
+            f"{'; '.join(out)}." + (f" Learning curves: `{Path(curves).name}`." if curves is not None else "")]
+
+
 def write_report(summaries: Sequence[dict], *, csv: str | Path, md: str | Path, heatmap: str | Path, pca: str | Path,
                  routing_csv: str | Path | None = None, routing_md: str | Path | None = None,
                  curves: str | Path | None = None, routing_cfg: MoEStudyRoutingConfig = MoEStudyRoutingConfig()
@@ -587,7 +611,8 @@ def write_report(summaries: Sequence[dict], *, csv: str | Path, md: str | Path, 
         Path(routing_md).write_text(f"# MoE study: routing analysis\n\n{routing_text}\n")
     verdicts = claims(table, routing, alpha=routing_cfg.alpha)
     shown = table.round({"energy_mae_mev_atom": 2, "force_mae_mev_a": 1, "unstable": 2, "path_jump_mev": 4,
-                         "loss_spikes": 1, "nonfinite_grads": 1, "train_wall_s": 0})
+                         "loss_spikes": 1, "nonfinite_grads": 1, "late_change_energy_pct": 1,
+                         "late_change_force_pct": 1, "train_wall_s": 0})
     n_seeds = table[table["seed"].map(lambda s: not isinstance(s, str))].groupby(["dataset", "variant"]).size()
     wall_h = float(sum(s["train_wall_s"] for s in summaries)) / 3600
     notes = [
@@ -614,6 +639,7 @@ def write_report(summaries: Sequence[dict], *, csv: str | Path, md: str | Path, 
         "(pipeline.train.moe_study.equal_active_width; widths are integers, so the counts differ slightly):", "",
         *_width_lines(summaries), "",
         *_stability_lines(summaries), "",
+        *_convergence_lines(table, curves), "",
         "Routing `global` is one learned top-k choice per structure from the mean of its atoms' current features: "
         "non-local and discontinuous, a study-only variant. Routing `configuration` is by the structure's "
         "composition, smooth along any path at fixed composition.", "",
